@@ -50,6 +50,9 @@ def _apply() -> None:
     import detectron2
 
     stub = _MissingExtensionModule("detectron2._C")
+    # What collect_env_info() (logged by default_setup) asks of the extension.
+    stub.get_compiler_version = stub.get_cuda_version = lambda: "none (Python-only detectron2 build)"
+    stub.has_cuda = lambda: False
     sys.modules.setdefault("detectron2._C", stub)
     detectron2._C = sys.modules["detectron2._C"]
     # Removed aliases that detectron2 0.6 still uses (pascal_voc loader and evaluator, ...).

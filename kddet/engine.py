@@ -1,0 +1,27 @@
+"""The trainer and config set-up shared by tools/train_net.py and the demo."""
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer, default_setup
+
+from .config import add_kddet_config
+from .evaluation import build_evaluator
+
+__all__ = ["Trainer", "setup_cfg"]
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer; only the evaluator differs (chosen by data set type)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup_cfg(args) -> CfgNode:
+    """detectron2's config from ``--config-file`` and opts, with kddet's nodes added first."""
+    cfg = get_cfg()
+    add_kddet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg

@@ -1,0 +1,2 @@
+from .distillation_rcnn import DistillationRCNN
+from .slim_resnet import build_slim_resnet_fpn_backbone

@@ -1,0 +1,100 @@
+"""DistillationRCNN: a student Faster R-CNN trained with a frozen teacher beside it.
+
+The model *is* the student (a GeneralizedRCNN subclass), so its checkpoint, its optimizer and
+DDP see the student and the distillation adapters only. The teacher is held outside the module
+tree: it never enters ``state_dict()``, ``parameters()`` or ``train()``; it stays in eval mode
+and runs under ``no_grad``. In eval mode the model returns exactly what the student returns.
+"""
+import logging
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.utils.events import get_event_storage
+
+from ..capture import STUDENT_SOURCES, Recorder
+from ..losses import DistillationBatch, build_kd_losses, losses_need_teacher
+from ..teacher import build_teacher, teacher_images
+
+__all__ = ["DistillationRCNN"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class DistillationRCNN(GeneralizedRCNN):
+    @configurable
+    def __init__(self, *, teacher: Optional[GeneralizedRCNN], kd_losses: nn.ModuleDict, **student_kwargs):
+        """
+        Args:
+            teacher: the frozen teacher, or None when no enabled loss needs one.
+            kd_losses: distillation losses by name, each with ``needs`` and ``forward(batch)``.
+            student_kwargs: GeneralizedRCNN's arguments for the student.
+        """
+        super().__init__(**student_kwargs)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: see the module docstring
+        self.kd_losses = kd_losses
+        self._needs = {need for loss in kd_losses.values() for need in loss.needs}
+        if self._needs & {"box_features", "predictions"}:
+            self._needs.add("proposals")  # the teacher's box head runs on the student's proposals
+        if teacher is not None:
+            self._check_teacher_fits()
+
+    @classmethod
+    def from_config(cls, cfg):
+        student_kwargs = super().from_config(cfg)
+        teacher = build_teacher(cfg) if losses_need_teacher(cfg) else None
+        student_shapes = student_kwargs["backbone"].output_shape()
+        teacher_shapes = teacher.backbone.output_shape() if teacher is not None else {}
+        kd_losses = build_kd_losses(cfg, student_shapes, teacher_shapes)
+        return dict(student_kwargs, teacher=teacher, kd_losses=kd_losses)
+
+    def _check_teacher_fits(self) -> None:
+        student_div, teacher_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
+        if student_div != teacher_div:
+            raise ValueError(
+                f"Student and teacher pad images differently (size_divisibility {student_div} vs {teacher_div}); "
+                "their feature maps would not align. Use backbones with the same coarsest stride."
+            )
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return super().forward(batched_inputs)
+        sources = {need: STUDENT_SOURCES[need] for need in self._needs}
+        with Recorder(self, sources) as recorder:
+            losses = super().forward(batched_inputs)
+        batch = DistillationBatch(
+            student=recorder.records,
+            teacher=self._teacher_records(batched_inputs, recorder.records),
+            gt_instances=[x["instances"].to(self.device) for x in batched_inputs],
+            image_sizes=[tuple(x["image"].shape[-2:]) for x in batched_inputs],
+            iteration=get_event_storage().iter,
+        )
+        for loss in self.kd_losses.values():
+            losses.update(loss(batch))
+        return losses
+
+    @torch.no_grad()
+    def _teacher_records(self, batched_inputs: List[Dict], student: Dict) -> Dict:
+        """Run the teacher only as far as the enabled losses need, on the student's anchors and
+        sampled proposals, so that its outputs line up with the student's."""
+        if self.teacher is None:
+            return {}
+        teacher = self.teacher
+        images = teacher_images(teacher, self.input_format, batched_inputs)
+        features = teacher.backbone(images.tensor)
+        records = {"features": features}
+        if "rpn" in self._needs:
+            rpn = teacher.proposal_generator
+            records["rpn"] = rpn.rpn_head([features[f] for f in rpn.in_features])
+        if self._needs & {"box_features", "predictions"}:
+            roi_heads = teacher.roi_heads
+            boxes = [p.proposal_boxes for p in student["proposals"]]
+            pooled = roi_heads.box_pooler([features[f] for f in roi_heads.box_in_features], boxes)
+            records["box_features"] = roi_heads.box_head(pooled)
+            records["predictions"] = roi_heads.box_predictor(records["box_features"])
+        return records
+

@@ -1,0 +1,101 @@
+"""Build the frozen teacher from its own config file and weights, and check it fits the student."""
+import logging
+import os
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import GeneralizedRCNN, build_model
+from detectron2.structures import ImageList
+
+from .config import add_kddet_config
+
+__all__ = ["load_teacher_config", "build_teacher", "check_teacher_matches_student", "teacher_images"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_teacher_config(cfg: CfgNode) -> CfgNode:
+    """The teacher's own config (``KD.TEACHER.CONFIG_FILE``), on the student's device."""
+    path = cfg.KD.TEACHER.CONFIG_FILE
+    if not path:
+        raise ValueError("KD.LOSSES needs a teacher, but KD.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Teacher config file not found: {os.path.abspath(path)}. Set KD.TEACHER.CONFIG_FILE to the config "
+            "the teacher was trained with."
+        )
+    teacher_cfg = get_cfg()
+    add_kddet_config(teacher_cfg)
+    teacher_cfg.merge_from_file(path)
+    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    teacher_cfg.MODEL.WEIGHTS = cfg.KD.TEACHER.WEIGHTS
+    return teacher_cfg
+
+
+def build_teacher(cfg: CfgNode) -> GeneralizedRCNN:
+    """Build the teacher, load its weights strictly, freeze it and put it in eval mode."""
+    teacher_cfg = load_teacher_config(cfg)
+    weights = teacher_cfg.MODEL.WEIGHTS
+    if not weights or not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"Teacher weights not found: '{weights}'. Set KD.TEACHER.WEIGHTS to the teacher's checkpoint "
+            "(e.g. output/teacher/model_final.pth from tools/train_net.py)."
+        )
+    if teacher_cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise ValueError(
+            f"The teacher config {cfg.KD.TEACHER.CONFIG_FILE} builds a {teacher_cfg.MODEL.META_ARCHITECTURE}; "
+            "a teacher must be a plain GeneralizedRCNN (Faster R-CNN) config."
+        )
+    teacher = build_model(teacher_cfg)
+    _load_strictly(teacher, weights)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    check_teacher_matches_student(teacher_cfg, cfg)
+    logger.info("Loaded teacher %s from %s", cfg.KD.TEACHER.CONFIG_FILE, weights)
+    return teacher
+
+
+def _load_strictly(teacher: nn.Module, weights: str) -> None:
+    checkpointer = DetectionCheckpointer(teacher)
+    try:
+        checkpoint = checkpointer._load_file(weights)
+    except Exception as e:
+        raise ValueError(f"Cannot read teacher weights {weights}: {e}") from e
+    checkpointer._convert_ndarray_to_tensor(checkpoint.get("model", checkpoint))
+    incompatible = checkpointer._load_model(checkpoint)
+    problems = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
+    if problems:
+        raise ValueError(
+            f"Teacher weights {weights} do not fit the teacher config ({len(problems)} missing or mis-shaped "
+            f"parameters, e.g. {problems[:5]}). Use the config file the teacher was trained with."
+        )
+
+
+def check_teacher_matches_student(teacher_cfg: CfgNode, cfg: CfgNode) -> None:
+    """Classes, padding and input channels must agree for the two networks to see the same batch."""
+    pairs = {
+        "MODEL.ROI_HEADS.NUM_CLASSES": (teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+        "MODEL.PIXEL_MEAN length": (len(teacher_cfg.MODEL.PIXEL_MEAN), len(cfg.MODEL.PIXEL_MEAN)),
+    }
+    for key, (teacher_value, student_value) in pairs.items():
+        if teacher_value != student_value:
+            raise ValueError(
+                f"Teacher and student disagree on {key}: teacher {teacher_value}, student {student_value}. "
+                "Distil between detectors of the same label space and input."
+            )
+    formats = {teacher_cfg.INPUT.FORMAT, cfg.INPUT.FORMAT}
+    if len(formats) > 1 and formats != {"RGB", "BGR"}:
+        raise ValueError(f"Teacher input format {teacher_cfg.INPUT.FORMAT} cannot be made from the student's {cfg.INPUT.FORMAT}.")
+
+
+def teacher_images(teacher: GeneralizedRCNN, student_format: str, batched_inputs: List[Dict]) -> ImageList:
+    """The student's augmented batch, normalised with the teacher's own pixel mean/std and format."""
+    images = [x["image"].to(teacher.device) for x in batched_inputs]
+    if teacher.input_format != student_format:  # RGB <-> BGR
+        images = [image.flip(0) for image in images]
+    images = [(image - teacher.pixel_mean) / teacher.pixel_std for image in images]
+    return ImageList.from_tensors(images, teacher.backbone.size_divisibility)
