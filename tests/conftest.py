@@ -14,7 +14,6 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from kddet import add_kddet_config
-from kddet.data.shapes import register_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = REPO / "configs/shapes/teacher_slim_r18.yaml"

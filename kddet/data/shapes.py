@@ -17,7 +17,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-__all__ = ["SHAPE_CLASSES", "SPLITS", "register_shapes", "generate_split", "load_shapes"]
+__all__ = ["SHAPE_CLASSES", "SPLITS", "register_shapes", "generate_split", "load_shapes", "shapes_root"]
 
 SHAPE_CLASSES = ["disk", "ring", "box", "bar", "triangle", "cross"]
 IMAGE_SIZE = 128
@@ -164,12 +164,16 @@ def load_shapes(root: Path, split: str) -> List[dict]:
     ]
 
 
-def register_shapes(root: str = None) -> None:
+def shapes_root() -> Path:
+    """Where the splits live: ``$DETECTRON2_DATASETS/kddet_shapes`` (read when a split is loaded)."""
+    return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))) / "kddet_shapes"
+
+
+def register_shapes() -> None:
     """Register ``kddet_shapes_train`` and ``kddet_shapes_val`` (COCO-style evaluation)."""
-    root = Path(root or os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))) / "kddet_shapes"
     for split in SPLITS:
         name = f"kddet_shapes_{split}"
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, lambda split=split: load_shapes(root, split))
+        DatasetCatalog.register(name, lambda split=split: load_shapes(shapes_root(), split))
         MetadataCatalog.get(name).set(thing_classes=SHAPE_CLASSES, evaluator_type="coco")
