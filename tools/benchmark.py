@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Training cost of distillation recipes: step time and peak memory against the student alone.
+
+Every variant (the student alone, then each recipe) trains on the same pre-loaded batches in a
+fresh child process: warm-up steps first, then the median of timed steps (forward, backward,
+SGD step). The teacher's inference forward is timed the same way, and the table gives each
+recipe's extra time per step in units of that forward. Parameters and FLOPs (fvcore, one
+image, inference) of teacher and student come first.
+
+    python tools/benchmark.py --student configs/shapes/student_slim_r8.yaml \
+        --recipes configs/shapes/fitnet.yaml configs/shapes/chen2017.yaml
+    python tools/benchmark.py ... --device cuda --amp
+"""
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_cfg(config: str, opts):
+    import kddet  # noqa: F401
+    from detectron2.config import get_cfg
+
+    from kddet import add_kddet_config
+
+    cfg = get_cfg()
+    add_kddet_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of this child
+
+
+def measure_training(config: str, opts, batches_file: str, warmup: int, repeats: int, amp: bool, out) -> None:
+    """Child process: median training-step time and peak memory of one config."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    cfg = load_cfg(config, opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    batches = torch.load(batches_file, weights_only=False)
+    device = cfg.MODEL.DEVICE
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with EventStorage():
+        for step in range(warmup + repeats):
+            batch = batches[step % len(batches)]
+            _sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.split(":")[0], enabled=amp):
+                loss = sum(model(batch).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    out.put({"step_s": statistics.median(times), "peak_mb": _peak_memory_mb(device)})
+
+
+def measure_teacher_forward(config: str, opts, batches_file: str, warmup: int, repeats: int, amp: bool, out) -> None:
+    """Child process: median inference forward of the teacher on the same batches."""
+    from detectron2.modeling import build_model
+
+    cfg = load_cfg(config, opts)
+    model = build_model(cfg).eval()
+    batches = torch.load(batches_file, weights_only=False)
+    device = cfg.MODEL.DEVICE
+    times = []
+    with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
+        for step in range(warmup + repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model(batches[step % len(batches)])
+            _sync(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    out.put({"step_s": statistics.median(times)})
+
+
+def in_child(target, *args) -> dict:
+    """Run ``target`` in a fresh process so that each variant's peak memory is its own."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def params_and_flops(config: str, opts, batch) -> tuple:
+    from detectron2.modeling import build_model
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    model = build_model(load_cfg(config, ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN", *opts])).eval()
+    params = sum(p.numel() for p in model.parameters())
+    inputs = [{"image": batch[0]["image"]}]
+    flops = FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return params / 1e6, flops.total() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="configs/shapes/student_slim_r8.yaml")
+    parser.add_argument("--recipes", nargs="+", default=["configs/shapes/fitnet.yaml"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="autocast (fp16 on cuda, bf16 on cpu)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    import kddet  # noqa: F401
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+
+    common = ["MODEL.DEVICE", args.device, "SOLVER.IMS_PER_BATCH", str(args.batch_size), "DATALOADER.NUM_WORKERS", "0"]
+    student_cfg = load_cfg(args.student, common)
+    teacher_config = load_cfg(args.recipes[0], common).KD.TEACHER.CONFIG_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        # Timing does not depend on the weights' values: a freshly built teacher stands in.
+        teacher = build_model(load_cfg(teacher_config, common))
+        DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
+        teacher_opts = common + ["KD.TEACHER.WEIGHTS", f"{tmp}/teacher.pth"]
+        loader = iter(build_detection_train_loader(student_cfg))
+        batches = [next(loader) for _ in range(min(4, args.warmup + args.repeats))]
+        batches_file = f"{tmp}/batches.pt"
+        torch.save(batches, batches_file)
+
+        timing = (batches_file, args.warmup, args.repeats, args.amp)
+        teacher_fwd = in_child(measure_teacher_forward, teacher_config, common, *timing)["step_s"]
+        rows = [("student alone", in_child(measure_training, args.student, common, *timing))]
+        for recipe in args.recipes:
+            rows.append((Path(recipe).stem, in_child(measure_training, recipe, teacher_opts, *timing)))
+        sizes = {name: params_and_flops(cfg, common, batches[0]) for name, cfg in (("teacher", teacher_config), ("student", args.student))}
+
+    memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"
+    print(f"\ndevice {args.device}, AMP {'on' if args.amp else 'off'}, batch {args.batch_size}, "
+          f"median of {args.repeats} steps after {args.warmup} warm-up")
+    for name, (params, gflops) in sizes.items():
+        print(f"{name}: {params:.2f} M parameters, {gflops:.2f} GFLOPs per image (inference)")
+    print(f"teacher inference forward: {1000 * teacher_fwd:.1f} ms per batch\n")
+    base = rows[0][1]
+    print(f"| variant | step (ms) | time / student | added, in teacher forwards | {memory} | memory / student |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        added = (r["step_s"] - base["step_s"]) / teacher_fwd
+        print(f"| {name} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.2f} | {added:.2f} | "
+              f"{r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
