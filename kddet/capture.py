@@ -18,6 +18,7 @@ STUDENT_SOURCES: Dict[str, str] = {
     "features": "backbone",  # dict of FPN levels
     "anchors": "proposal_generator.anchor_generator",  # list of Boxes, one per level
     "rpn": "proposal_generator.rpn_head",  # (objectness logits, anchor deltas), lists per level
+    "rpn_labels": "proposal_generator.label_and_sample_anchors",  # per image: labels 1/0/-1 (unsampled), matched gt
     "proposals": "roi_heads.label_and_sample_proposals",  # sampled Instances with gt fields
     "box_features": "roi_heads.box_head",  # (R, D) features of the sampled proposals
     "predictions": "roi_heads.box_predictor",  # (class scores (R, K+1), box deltas)

@@ -1,7 +1,7 @@
 """Build the frozen teacher from its own config file and weights, and check it fits the student."""
 import logging
 import os
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
@@ -13,7 +13,13 @@ from detectron2.structures import ImageList
 
 from .config import add_kddet_config
 
-__all__ = ["load_teacher_config", "build_teacher", "check_teacher_matches_student", "teacher_images"]
+__all__ = [
+    "load_teacher_config",
+    "build_teacher",
+    "check_same_anchors",
+    "check_teacher_matches_student",
+    "teacher_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,40 @@ def check_teacher_matches_student(teacher_cfg: CfgNode, cfg: CfgNode) -> None:
     formats = {teacher_cfg.INPUT.FORMAT, cfg.INPUT.FORMAT}
     if len(formats) > 1 and formats != {"RGB", "BGR"}:
         raise ValueError(f"Teacher input format {teacher_cfg.INPUT.FORMAT} cannot be made from the student's {cfg.INPUT.FORMAT}.")
+
+
+def _anchor_settings(rpn: nn.Module) -> Dict[str, Any]:
+    """The RPN's anchor settings as config keys, read back from its built cell anchors (generated
+    for each size, then each aspect ratio), so the message names what to change."""
+    generator = rpn.anchor_generator
+    sizes, ratios = [], []
+    for cell in generator.cell_anchors:
+        widths, heights = cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]
+        sizes.append(list(dict.fromkeys(round(float(s), 2) for s in (widths * heights).sqrt())))
+        ratios.append(list(dict.fromkeys(round(float(r), 2) for r in heights / widths)))
+    return {
+        "MODEL.RPN.IN_FEATURES": list(rpn.in_features),
+        "strides": list(generator.strides),
+        "MODEL.ANCHOR_GENERATOR.SIZES": sizes,
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": ratios,
+        "MODEL.ANCHOR_GENERATOR.OFFSET": generator.offset,
+    }
+
+
+def check_same_anchors(student_rpn: nn.Module, teacher_rpn: nn.Module) -> None:
+    """Stop unless the teacher's RPN has the student's anchors, in the same order: its outputs are
+    read at the student's anchors, row for row."""
+    student_cells, teacher_cells = student_rpn.anchor_generator.cell_anchors, teacher_rpn.anchor_generator.cell_anchors
+    same_cells = len(student_cells) == len(teacher_cells) and all(
+        s.shape == t.shape and torch.equal(s.cpu(), t.cpu()) for s, t in zip(student_cells, teacher_cells)
+    )
+    if not same_cells or _anchor_settings(student_rpn) != _anchor_settings(teacher_rpn):
+        raise ValueError(
+            "A loss in KD.LOSSES reads the teacher's RPN at the student's anchors, but their anchors differ.\n"
+            f"  student: {_anchor_settings(student_rpn)}\n"
+            f"  teacher: {_anchor_settings(teacher_rpn)}\n"
+            "Give the teacher and the student the same MODEL.ANCHOR_GENERATOR and MODEL.RPN.IN_FEATURES."
+        )
 
 
 def teacher_images(teacher: GeneralizedRCNN, student_format: str, batched_inputs: List[Dict]) -> ImageList:

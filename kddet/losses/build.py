@@ -35,8 +35,8 @@ class DistillationBatch:
     """What student and teacher produced on one training batch.
 
     ``student`` and ``teacher`` map record kinds ("features", "rpn", "anchors", "proposals",
-    "box_features", "predictions") to values; the teacher's RPN and box head ran on the
-    student's anchors and sampled proposals, so rows line up.
+    "box_features", "predictions"; the student also "rpn_labels") to values; the teacher's RPN
+    and box head ran on the student's anchors and sampled proposals, so rows line up.
     """
 
     student: Dict[str, Any]

@@ -17,7 +17,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..capture import STUDENT_SOURCES, Recorder
 from ..losses import DistillationBatch, build_kd_losses, losses_need_teacher
-from ..teacher import build_teacher, teacher_images
+from ..teacher import build_teacher, check_same_anchors, teacher_images
 
 __all__ = ["DistillationRCNN"]
 
@@ -59,6 +59,8 @@ class DistillationRCNN(GeneralizedRCNN):
                 f"Student and teacher pad images differently (size_divisibility {student_div} vs {teacher_div}); "
                 "their feature maps would not align. Use backbones with the same coarsest stride."
             )
+        if "rpn" in self._needs:  # the teacher's RPN scores the student's anchors
+            check_same_anchors(self.proposal_generator, self.teacher.proposal_generator)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -74,6 +76,9 @@ class DistillationRCNN(GeneralizedRCNN):
             iteration=get_event_storage().iter,
         )
         for loss in self.kd_losses.values():
+            # A loss may reweight a term of the student's own (Chen et al.: mu * hard + (1 - mu) * soft).
+            for name, scale in getattr(loss, "student_loss_scale", {}).items():
+                losses[name] = losses[name] * scale
             losses.update(loss(batch))
         return losses
 
