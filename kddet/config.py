@@ -29,3 +29,38 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.FITNET.WEIGHT = 1.0
     cfg.KD.FITNET.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     cfg.KD.FITNET.ADAPTER = "conv1x1"  # or "conv3x3"
+
+    # Head level, Chen et al. 2017. Soft classification, RPN (binary) and RoI head (K+1):
+    # mu * detectron2's hard loss + (1 - mu) * class-weighted soft cross-entropy at TEMPERATURE.
+    for name in ("RPNSOFTCLS", "RCNSOFTCLS"):
+        cfg.KD[name] = CN()
+        cfg.KD[name].MU = 0.5
+        cfg.KD[name].TEMPERATURE = 1.0
+        cfg.KD[name].BACKGROUND_WEIGHT = 1.5  # w_bg; object classes weigh 1
+    # Teacher-bounded L2 regression on foreground rows, added to detectron2's smooth-L1 with
+    # WEIGHT (nu); zero where the student beats the teacher by more than MARGIN (m).
+    for name in ("RPNBOUNDEDREG", "RCNBOUNDEDREG"):
+        cfg.KD[name] = CN()
+        cfg.KD[name].WEIGHT = 0.5
+        cfg.KD[name].MARGIN = 0.0
+
+    # KD (Hinton et al. 2015) on the RoI head's class scores: tau^2 KL at TEMPERATURE.
+    cfg.KD.KD = CN()
+    cfg.KD.KD.WEIGHT = 1.0
+    cfg.KD.KD.TEMPERATURE = 4.0
+    # Teacher-free virtual teacher (Yuan et al. 2020): CORRECT_PROB on the true class (background
+    # for background RoIs), the rest spread evenly; no teacher network.
+    cfg.KD.VIRTUALTEACHER = CN()
+    cfg.KD.VIRTUALTEACHER.WEIGHT = 1.0
+    cfg.KD.VIRTUALTEACHER.TEMPERATURE = 1.0
+    cfg.KD.VIRTUALTEACHER.CORRECT_PROB = 0.9
+
+    # Relation level, on the box-head features of the shared proposals, per image.
+    cfg.KD.PKT = CN()
+    cfg.KD.PKT.WEIGHT = 1.0
+    cfg.KD.SP = CN()
+    cfg.KD.SP.WEIGHT = 3000.0  # Tung & Mori's gamma
+    cfg.KD.RKD = CN()
+    cfg.KD.RKD.DISTANCE_WEIGHT = 1.0  # the official code's dist_ratio / angle_ratio
+    cfg.KD.RKD.ANGLE_WEIGHT = 2.0
+    cfg.KD.RKD.ANGLE_MAX_ROIS = 128  # the angle term is cubic in the RoIs of an image

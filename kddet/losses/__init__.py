@@ -9,3 +9,12 @@ from .build import (
     weighted,
 )
 from .fitnet import FitNet
+from .rpn_soft_cls import RPNSoftCls
+from .rcn_soft_cls import RCNSoftCls
+from .rpn_bounded_reg import RPNBoundedReg
+from .rcn_bounded_reg import RCNBoundedReg
+from .kd import KD
+from .virtual_teacher import VirtualTeacher
+from .pkt import PKT
+from .sp import SP
+from .rkd import RKD

@@ -1,0 +1,52 @@
+"""Soft classification of the RoI head by its teacher (Chen et al., NeurIPS 2017)."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+
+from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .heads import class_weights
+
+__all__ = ["RCNSoftCls", "weighted_soft_cross_entropy"]
+
+
+def weighted_soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``L_soft = -sum_c w_c P_T(c) log P_S(c)``, both softmaxes at ``temperature``, the mean over
+    rows (Chen et al. 2017, sec. 3.2, with the ``1/N sum_i`` of their total loss).
+    Logits are ``(N, C)``, ``weights`` ``(C,)``."""
+    teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=1)
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
+    per_row = -(weights * teacher_probs * student_log_probs).sum(dim=1)
+    return per_row.sum() / max(per_row.numel(), 1)
+
+
+@KD_LOSS_REGISTRY.register()
+class RCNSoftCls(nn.Module):
+    """``L_cls = mu * L_hard + (1 - mu) * L_soft`` on the student's sampled proposals: the hard
+    part is detectron2's ``loss_cls`` scaled by ``mu``, the soft part is this loss's term."""
+
+    needs = ("predictions",)
+
+    @configurable
+    def __init__(self, *, mu: float, temperature: float, background_weight: float):
+        super().__init__()
+        self.mu = mu
+        self.temperature = temperature
+        self.background_weight = background_weight
+        self.student_loss_scale = {"loss_cls": mu}
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes, teacher_shapes):
+        node = cfg.KD.RCNSOFTCLS
+        return {"mu": node.MU, "temperature": node.TEMPERATURE, "background_weight": node.BACKGROUND_WEIGHT}
+
+    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
+        student_scores, teacher_scores = batch.student["predictions"][0], batch.teacher["predictions"][0]
+        weights = class_weights(student_scores.shape[1], self.background_weight, student_scores.device)
+        soft = weighted_soft_cross_entropy(student_scores, teacher_scores, weights, self.temperature)
+        return weighted("rcn_soft_cls", 1.0 - self.mu, soft)
