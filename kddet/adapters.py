@@ -5,16 +5,28 @@ They are trained with the student, saved in its checkpoint and dropped by
 """
 from torch import nn
 
-__all__ = ["build_adapter"]
+__all__ = ["build_adapter", "match_channels"]
 
 
 def build_adapter(kind: str, in_channels: int, out_channels: int) -> nn.Module:
-    """``kind``: ``conv1x1`` or ``conv3x3`` (stride 1, same spatial size)."""
-    kernel_sizes = {"conv1x1": 1, "conv3x3": 3}
+    """``kind``: ``conv1x1``, ``conv3x3`` (stride 1, same spatial size) or ``conv1x1_bn`` (a 1x1
+    conv then BatchNorm: the student transform of Heo et al.'s AB and OFD)."""
+    kernel_sizes = {"conv1x1": 1, "conv3x3": 3, "conv1x1_bn": 1}
     if kind not in kernel_sizes:
         raise ValueError(f"Unknown adapter '{kind}'; choose one of {sorted(kernel_sizes)}")
     k = kernel_sizes[kind]
-    adapter = nn.Conv2d(in_channels, out_channels, kernel_size=k, padding=k // 2)
+    with_bn = kind.endswith("_bn")
+    adapter = nn.Conv2d(in_channels, out_channels, kernel_size=k, padding=k // 2, bias=not with_bn)
     nn.init.kaiming_uniform_(adapter.weight, a=1)
-    nn.init.zeros_(adapter.bias)
-    return adapter
+    if not with_bn:
+        nn.init.zeros_(adapter.bias)
+        return adapter
+    return nn.Sequential(adapter, nn.BatchNorm2d(out_channels))
+
+
+def match_channels(in_channels: int, out_channels: int) -> nn.Module:
+    """Identity when the widths agree, else a 1x1 adapter: for losses whose paper compares
+    equal-width maps and adds nothing of its own (FSP, PKD, CWD)."""
+    if in_channels == out_channels:
+        return nn.Identity()
+    return build_adapter("conv1x1", in_channels, out_channels)

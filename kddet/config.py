@@ -30,6 +30,52 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.FITNET.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     cfg.KD.FITNET.ADAPTER = "conv1x1"  # or "conv3x3"
 
+    # Feature level beyond FitNets. WEIGHT is the paper's lambda / beta where it has one.
+    # FGFI (Wang et al. 2019): hints only where the student's anchors match a GT box.
+    cfg.KD.FGFI = CN()
+    cfg.KD.FGFI.WEIGHT = 0.01  # the paper's lambda
+    cfg.KD.FGFI.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]  # levels that carry RPN anchors
+    cfg.KD.FGFI.ADAPTER = "conv3x3"
+    cfg.KD.FGFI.PSI = 0.5  # a box's threshold is PSI * its best anchor IoU
+    cfg.KD.FGFI.MAX_IOU_PER_LEVEL = False  # True: the best IoU of each level, not of all levels
+    cfg.KD.FGFI.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
+    # NST (Huang & Wang 2017): MMD between channel distributions; widths may differ.
+    cfg.KD.NST = CN()
+    cfg.KD.NST.WEIGHT = 1.0
+    cfg.KD.NST.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.KD.NST.KERNEL = "polynomial"  # or "linear", "gaussian"
+    cfg.KD.NST.POLY_DEGREE = 2
+    cfg.KD.NST.POLY_CONSTANT = 0.0
+    # Attention transfer (Zagoruyko & Komodakis 2017): spatial maps sum_c |F_c|^P.
+    cfg.KD.AT = CN()
+    cfg.KD.AT.WEIGHT = 1.0
+    cfg.KD.AT.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.KD.AT.P = 2.0
+    # OFD (Heo et al. 2019): margin ReLU teacher, 1x1 conv + BN student, partial L2. FPN outputs
+    # have no BN to read the margins from, so they are running means of the teacher's negatives.
+    cfg.KD.OFD = CN()
+    cfg.KD.OFD.WEIGHT = 1.0
+    cfg.KD.OFD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.KD.OFD.MARGIN_MOMENTUM = 0.01
+    # Activation boundaries (Heo et al. 2019): the sign of the teacher's responses, with a margin.
+    cfg.KD.AB = CN()
+    cfg.KD.AB.WEIGHT = 1.0
+    cfg.KD.AB.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.KD.AB.MARGIN = 1.0
+    # FSP (Yim et al. 2017): Gram matrices between consecutive levels of IN_FEATURES.
+    cfg.KD.FSP = CN()
+    cfg.KD.FSP.WEIGHT = 1.0
+    cfg.KD.FSP.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # PKD (Cao et al. 2022): MSE of per-channel standardised maps.
+    cfg.KD.PKD = CN()
+    cfg.KD.PKD.WEIGHT = 1.0
+    cfg.KD.PKD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # CWD (Shu et al. 2021): KL between per-channel spatial softmaxes at TAU, times TAU^2.
+    cfg.KD.CWD = CN()
+    cfg.KD.CWD.WEIGHT = 1.0
+    cfg.KD.CWD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.KD.CWD.TAU = 1.0
+
     # Head level, Chen et al. 2017. Soft classification, RPN (binary) and RoI head (K+1):
     # mu * detectron2's hard loss + (1 - mu) * class-weighted soft cross-entropy at TEMPERATURE.
     for name in ("RPNSOFTCLS", "RCNSOFTCLS"):

@@ -9,6 +9,14 @@ from .build import (
     weighted,
 )
 from .fitnet import FitNet
+from .fgfi import FGFI
+from .nst import NST
+from .attention_transfer import AT
+from .ofd import OFD
+from .activation_boundaries import AB
+from .fsp import FSP
+from .pkd import PKD
+from .cwd import CWD
 from .rpn_soft_cls import RPNSoftCls
 from .rcn_soft_cls import RCNSoftCls
 from .rpn_bounded_reg import RPNBoundedReg

@@ -1,0 +1,157 @@
+"""Fine-grained feature imitation, FGFI (Wang et al., "Distilling Object Detectors with
+Fine-grained Feature Imitation", CVPR 2019).
+
+The student imitates the teacher only near objects: at the locations whose anchors match a
+ground-truth box well. The anchors are the student's own, so the mask follows the student's
+RPN settings. ``imitation_masks`` is shared with ``tools/visualize_imitation_mask.py``.
+"""
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.structures import Boxes, pairwise_iou
+
+from ..adapters import build_adapter
+from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+
+__all__ = ["FGFI", "fgfi_loss", "imitation_masks"]
+
+
+def imitation_masks(
+    gt_boxes: Boxes,
+    anchors: Sequence[Boxes],
+    grid_sizes: Sequence[Tuple[int, int]],
+    image_size: Tuple[int, int],
+    psi: float = 0.5,
+    max_iou_per_level: bool = False,
+) -> List[torch.Tensor]:
+    """The imitation mask ``I`` of one image on each level, as (H, W) bool tensors (Wang et al. 2019).
+
+    Each GT box gets the threshold ``F = psi * max IoU`` of its anchors, the max taken over all
+    levels (default: a box is imitated where its anchors really match it) or over the level at
+    hand (``max_iou_per_level``). A location is kept if any of its anchors has IoU > F with any
+    box. Locations whose anchor centre lies on padding, outside ``image_size`` (h, w), are dropped.
+
+    Args:
+        anchors: per level, the anchors laid over the padded image, location-major with the same
+            number of anchors at every location (the layout of detectron2's anchor generators).
+        grid_sizes: per level, the (H, W) of the feature map.
+    """
+    device = anchors[0].device
+    if len(gt_boxes) == 0:
+        return [torch.zeros(grid, dtype=torch.bool, device=device) for grid in grid_sizes]
+    ious = [pairwise_iou(gt_boxes.to(device), level_anchors) for level_anchors in anchors]  # (M, H*W*A)
+    best = [iou.max(dim=1).values for iou in ious]
+    if not max_iou_per_level:
+        best = [torch.stack(best).max(dim=0).values] * len(ious)
+    height, width = image_size
+    masks = []
+    for iou, box_best, level_anchors, (h, w) in zip(ious, best, anchors, grid_sizes):
+        matched = (iou > psi * box_best[:, None]).view(len(gt_boxes), h, w, -1)
+        centers = level_anchors.get_centers().view(h, w, -1, 2)[:, :, 0]
+        on_image = (centers[..., 0] < width) & (centers[..., 1] < height)
+        masks.append(matched.any(dim=3).any(dim=0) & on_image)
+    return masks
+
+
+def fgfi_loss(
+    students_adapted: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``L = 1/(2 N_p) * sum_{i,j,c} I_ij (r(F_S)_ijc - F_T_ijc)^2``, ``N_p = sum I`` (Wang et al. 2019,
+    the imitation loss), summed over levels and images with one ``N_p`` for all of them, so that
+    every imitated location weighs the same; 0 when nothing is imitated.
+
+    Args:
+        students_adapted, teachers: per level, (N, C, H, W) maps.
+        masks: per level, the (N, H, W) 0/1 masks.
+    """
+    squared = [
+        (mask[:, None].float() * (student.float() - teacher.float()).pow(2)).sum()
+        for student, teacher, mask in zip(students_adapted, teachers, masks)
+    ]
+    num_imitated = torch.stack([mask.float().sum() for mask in masks]).sum()
+    return torch.stack(squared).sum() / (2 * num_imitated.clamp(min=1))
+
+
+@KD_LOSS_REGISTRY.register()
+class FGFI(nn.Module):
+    """Imitation of the teacher's features near objects, through a per-level 3x3 adapter."""
+
+    needs = ("features", "anchors")
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        weight: float,
+        in_features: Sequence[str],
+        anchored_features: Sequence[str],
+        adapters: Mapping[str, nn.Module],
+        psi: float,
+        max_iou_per_level: bool,
+        warmup_iters: int,
+    ):
+        """
+        Args:
+            anchored_features: the levels the student's anchors lie on, in the order of its anchor
+                list (the RPN's ``in_features``); a box's best IoU is sought over all of them.
+            warmup_iters: no imitation before this iteration (the official code's 400), while the
+                student's RPN and heads find their feet.
+        """
+        super().__init__()
+        self.weight = weight
+        self.in_features = list(in_features)
+        self.anchored_features = list(anchored_features)
+        self.adapters = nn.ModuleDict(adapters)
+        self.psi = psi
+        self.max_iou_per_level = max_iou_per_level
+        self.warmup_iters = warmup_iters
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        node = cfg.KD.FGFI
+        check_feature_names("FGFI", node.IN_FEATURES, student_shapes, teacher_shapes)
+        anchored = list(cfg.MODEL.RPN.IN_FEATURES)
+        unanchored = [f for f in node.IN_FEATURES if f not in anchored]
+        if unanchored:
+            raise ValueError(
+                f"KD.FGFI.IN_FEATURES asks for {unanchored}, which have no anchors: FGFI masks come from the "
+                f"student's anchors, laid on MODEL.RPN.IN_FEATURES = {anchored}."
+            )
+        return {
+            "weight": node.WEIGHT,
+            "in_features": node.IN_FEATURES,
+            "anchored_features": anchored,
+            "adapters": {
+                f: build_adapter(node.ADAPTER, student_shapes[f].channels, teacher_shapes[f].channels)
+                for f in node.IN_FEATURES
+            },
+            "psi": node.PSI,
+            "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
+            "warmup_iters": node.WARMUP_ITERS,
+        }
+
+    def masks(self, batch: DistillationBatch) -> List[torch.Tensor]:
+        """Per level of ``in_features``, the (N, H, W) imitation masks of the batch."""
+        anchors = batch.student["anchors"]
+        grid_sizes = [tuple(batch.student["features"][f].shape[-2:]) for f in self.anchored_features]
+        per_image = [
+            imitation_masks(instances.gt_boxes, anchors, grid_sizes, image_size, self.psi, self.max_iou_per_level)
+            for instances, image_size in zip(batch.gt_instances, batch.image_sizes)
+        ]
+        per_level = dict(zip(self.anchored_features, (torch.stack(level) for level in zip(*per_image))))
+        return [per_level[f] for f in self.in_features]
+
+    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
+        student, teacher = batch.student["features"], batch.teacher["features"]
+        loss = fgfi_loss(
+            [self.adapters[f](student[f].float()) for f in self.in_features],
+            [teacher[f] for f in self.in_features],
+            self.masks(batch),
+        )
+        # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
+        in_warmup = batch.iteration < self.warmup_iters
+        return weighted("fgfi", 0.0 if in_warmup else self.weight, loss)

@@ -1,0 +1,109 @@
+"""Overhaul of feature distillation, OFD (Heo et al., "A Comprehensive Overhaul of Feature
+Distillation", ICCV 2019).
+
+The teacher's negative responses are clipped to a per-channel margin (margin ReLU); the student
+passes through a 1x1 conv + BN and is not pushed below the teacher where both are negative
+(partial L2). The paper takes the margin from the BN that precedes the feature; FPN outputs have
+none, so the margin is a running estimate of ``E[x | x < 0]`` per channel, kept as a buffer.
+"""
+from typing import Dict, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+
+from ..adapters import build_adapter
+from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+
+__all__ = ["OFD", "NegativeMeanEstimate", "ofd_loss"]
+
+
+class NegativeMeanEstimate(nn.Module):
+    """A running estimate of ``E[x | x < 0]`` for each channel of (N, C, H, W) maps: a channel's
+    first batch with negative values sets it, later batches move it by ``momentum``."""
+
+    def __init__(self, num_channels: int, momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("margin", torch.zeros(num_channels))
+        self.register_buffer("batches_seen", torch.zeros(num_channels, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor) -> None:
+        values = features.float().transpose(0, 1).flatten(1)  # (C, N*H*W)
+        negative = values < 0
+        count = negative.sum(dim=1)
+        batch_mean = (values * negative).sum(dim=1) / count.clamp(min=1)
+        momentum = torch.where(self.batches_seen == 0, 1.0, self.momentum)
+        momentum = torch.where(count > 0, momentum, 0.0)  # a channel without negatives says nothing
+        self.margin += momentum * (batch_mean - self.margin)
+        self.batches_seen += (count > 0).long()
+
+
+def ofd_loss(student_transformed: torch.Tensor, teacher: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """Partial L2 between ``T = max(F_T, m_c)`` (margin ReLU) and the transformed student ``S``
+    (Heo et al. 2019, the OFD loss): ``0`` where ``S <= T <= 0``, else ``(T - S)^2``; the mean over
+    elements, where the paper sums (its scale is left to the weight).
+
+    Args:
+        margin: (C,) per-channel margins, negative.
+    """
+    student = student_transformed.float()
+    target = torch.max(teacher.float(), margin.float().view(1, -1, 1, 1))
+    counted = (student > target) | (target > 0)
+    return ((target - student).pow(2) * counted).mean()
+
+
+@KD_LOSS_REGISTRY.register()
+class OFD(nn.Module):
+    """OFD on chosen FPN levels, the mean over levels; the margins learn while training."""
+
+    needs = ("features",)
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        weight: float,
+        in_features: Sequence[str],
+        adapters: Mapping[str, nn.Module],
+        margins: Mapping[str, NegativeMeanEstimate],
+    ):
+        """
+        Args:
+            adapters: per level, the student transform (1x1 conv + BN to the teacher's width).
+            margins: per level, the running margin of the teacher's channels.
+        """
+        super().__init__()
+        self.weight = weight
+        self.in_features = list(in_features)
+        self.adapters = nn.ModuleDict(adapters)
+        self.margins = nn.ModuleDict(margins)
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        node = cfg.KD.OFD
+        check_feature_names("OFD", node.IN_FEATURES, student_shapes, teacher_shapes)
+        return {
+            "weight": node.WEIGHT,
+            "in_features": node.IN_FEATURES,
+            "adapters": {
+                f: build_adapter("conv1x1_bn", student_shapes[f].channels, teacher_shapes[f].channels)
+                for f in node.IN_FEATURES
+            },
+            "margins": {
+                f: NegativeMeanEstimate(teacher_shapes[f].channels, node.MARGIN_MOMENTUM) for f in node.IN_FEATURES
+            },
+        }
+
+    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
+        student, teacher = batch.student["features"], batch.teacher["features"]
+        if self.training:
+            for f in self.in_features:
+                self.margins[f].update(teacher[f])
+        per_level = [
+            ofd_loss(self.adapters[f](student[f].float()), teacher[f], self.margins[f].margin) for f in self.in_features
+        ]
+        return weighted("ofd", self.weight, torch.stack(per_level).mean())
