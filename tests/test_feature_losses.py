@@ -1,5 +1,9 @@
 """Feature-level losses against direct, slow computations of their formulas (docs/methods.md),
-their edge cases and the FGFI imitation mask."""
+their edge cases, the FGFI imitation mask, and 2 training iterations of every recipe."""
+import importlib.util
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +14,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.structures import Boxes, Instances
 
+from conftest import REPO, load_config, run_train_net
 from kddet import add_kddet_config
-from kddet.losses import KD_LOSS_REGISTRY, DistillationBatch
+from kddet.losses import KD_LOSS_REGISTRY, DistillationBatch, build_kd_losses
 from kddet.losses.activation_boundaries import ab_loss
 from kddet.losses.attention_transfer import at_loss
 from kddet.losses.cwd import cwd_loss
@@ -380,6 +385,18 @@ def test_fgfi_mask_without_boxes_is_empty():
     assert mask.shape == (4, 4) and not mask.any()
 
 
+def test_visualize_imitation_mask_writes_a_panel_per_level(datasets_root, tmp_path):
+    path = REPO / "tools/visualize_imitation_mask.py"
+    spec = importlib.util.spec_from_file_location("visualize_imitation_mask", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = ["--config-file", str(REPO / "configs/shapes/fgfi.yaml"), "--num-images", "2", "--output", str(tmp_path)]
+    paths = tool.main(tool.parse_args(args))
+    assert [p.name for p in paths] == ["00000_fgfi_mask.png", "00001_fgfi_mask.png"]
+    picture = tool.cv2.imread(str(paths[0]))
+    assert picture.shape == (256, 5 * 256 + 4 * 4, 3)  # 128 px shapes images shown at twice their size
+
+
 # ---------------------------------------------------------------- the registered losses
 
 
@@ -528,3 +545,38 @@ def test_options_with_a_bad_value_stop_at_build_time():
         build_loss("NST", 4, 6, "KD.NST.KERNEL", "cosine")
     with pytest.raises(ValueError, match="two levels"):
         build_loss("FSP", 4, 6, "KD.FSP.IN_FEATURES", ["p2"])
+
+
+# ---------------------------------------------------------------- recipes
+
+RECIPES = ["fgfi", "nst", "at", "ofd", "ab", "fsp", "pkd", "cwd", "fgfi_nst"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_two_iterations(recipe, teacher_weights, datasets_root, tmp_path):
+    config = REPO / f"configs/shapes/{recipe}.yaml"
+    run_train_net(
+        "--config-file", config,
+        "KD.TEACHER.WEIGHTS", teacher_weights,
+        "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
+        "DATASETS.TEST", "()",
+        "OUTPUT_DIR", tmp_path,
+        datasets_root=datasets_root,
+    )  # fmt: skip
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    terms = {f"loss_kd_{name.lower()}" for name in load_config(config).KD.LOSSES}
+    assert terms and all(term in metrics[-1] and math.isfinite(metrics[-1][term]) for term in terms)
+
+
+@pytest.mark.parametrize("folder", ["voc", "coco"])
+def test_voc_and_coco_recipes_build_their_losses(folder):
+    """Every feature-loss recipe loads, names a teacher config that exists, and its losses
+    build on the two networks' FPN shapes (R-101 and R-18 FPNs both give 256 channels)."""
+    fpn = {f: ShapeSpec(channels=256, stride=s) for f, s in zip(LEVELS, STRIDES)}
+    for recipe in RECIPES:
+        cfg = load_config(REPO / f"configs/{folder}/{recipe}.yaml")
+        assert (REPO / cfg.KD.TEACHER.CONFIG_FILE).is_file()
+        teacher = load_config(REPO / cfg.KD.TEACHER.CONFIG_FILE)
+        assert teacher.MODEL.ROI_HEADS.NUM_CLASSES == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        assert cfg.MODEL.RESNETS.DEPTH == 18 and teacher.MODEL.RESNETS.DEPTH == 101
+        assert set(build_kd_losses(cfg, fpn, fpn)) == {name.lower() for name in cfg.KD.LOSSES}
