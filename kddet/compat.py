@@ -44,8 +44,9 @@ def _install_pkg_resources() -> None:
     sys.modules["pkg_resources"] = module
 
 
-def _apply() -> None:
-    if HAS_DETECTRON2_C:
+def _apply(has_extension: bool = HAS_DETECTRON2_C) -> None:
+    """Install the shims, unless detectron2 has its compiled extension (``has_extension``)."""
+    if has_extension:
         return
     import detectron2
 
@@ -61,7 +62,7 @@ def _apply() -> None:
             setattr(np, alias, builtin)
     if not hasattr(Image, "LINEAR"):  # default argument evaluated when transforms import
         Image.LINEAR = Image.BILINEAR
-    if importlib.util.find_spec("pkg_resources") is None:
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
         _install_pkg_resources()
 
 

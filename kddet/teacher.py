@@ -70,14 +70,22 @@ def _load_strictly(teacher: nn.Module, weights: str) -> None:
     try:
         checkpoint = checkpointer._load_file(weights)
     except Exception as e:
-        raise ValueError(f"Cannot read teacher weights {weights}: {e}") from e
+        # torch.load's own message on a damaged file suggests weights_only=False: not the fix here.
+        raise ValueError(
+            f"Cannot read teacher weights {weights}: it is not a checkpoint detectron2 can load "
+            f"({type(e).__name__}, see the error above). Set KD.TEACHER.WEIGHTS to the teacher's "
+            "model_final.pth from tools/train_net.py or a detectron2 model-zoo .pkl."
+        ) from e
     checkpointer._convert_ndarray_to_tensor(checkpoint.get("model", checkpoint))
     incompatible = checkpointer._load_model(checkpoint)
-    problems = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
-    if problems:
+    mis_shaped = {k: (tuple(in_file), tuple(in_model)) for k, in_file, in_model in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in mis_shaped]  # fvcore lists mis-shaped keys as missing too
+    if missing or mis_shaped:
+        examples = [f"{k}: {f} in the file, {m} in the config" for k, (f, m) in list(mis_shaped.items())[:3]]
         raise ValueError(
-            f"Teacher weights {weights} do not fit the teacher config ({len(problems)} missing or mis-shaped "
-            f"parameters, e.g. {problems[:5]}). Use the config file the teacher was trained with."
+            f"Teacher weights {weights} do not fit the teacher config: of its {len(teacher.state_dict())} tensors, "
+            f"{len(missing)} are missing from the file (e.g. {missing[:3]}) and {len(mis_shaped)} have another "
+            f"shape (e.g. {examples}). Use the config file the teacher was trained with."
         )
 
 
