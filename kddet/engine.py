@@ -5,7 +5,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from .config import add_kddet_config
 from .evaluation import build_evaluator
 
-__all__ = ["Trainer", "setup_cfg"]
+__all__ = ["Trainer", "setup_cfg", "student_only"]
 
 
 class Trainer(DefaultTrainer):
@@ -24,4 +24,16 @@ def setup_cfg(args) -> CfgNode:
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    return cfg
+
+
+def student_only(cfg: CfgNode) -> CfgNode:
+    """The config of the student alone. Evaluation needs no teacher: a DistillationRCNN in eval mode
+    returns exactly what its student returns, so a recipe is evaluated without loading a teacher
+    (the checkpoint's adapter weights are left unused)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN":
+        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.freeze()
     return cfg

@@ -87,7 +87,7 @@ def test_fitnet_feature_neither_network_has(teacher_weights):
 
 
 def test_unknown_loss_name_lists_the_registered_losses(teacher_weights):
-    message = build_error(fitnet_cfg(teacher_weights, "KD.LOSSES", ["FitNet", "FitNets"]), KeyError)
+    message = build_error(fitnet_cfg(teacher_weights, "KD.LOSSES", ["FitNet", "FitNets"]), ValueError)
     assert "Unknown distillation loss(es) ['FitNets'] in KD.LOSSES" in message
     assert "registered losses:" in message and "'FitNet'" in message
 

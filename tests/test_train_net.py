@@ -101,3 +101,13 @@ def test_resume_loads_the_checkpoint_and_continues(fitnet_run, teacher_run, tmp_
     assert "Starting training from iteration 3" in log
     new = metrics(resumed)[len(metrics(out)):]  # JSONWriter appends to the copied metrics.json
     assert [r["iteration"] for r in new] == [4] and "loss_kd_fitnet" in new[0]
+
+
+def test_eval_only_of_a_recipe_needs_no_teacher(fitnet_run, tmp_path, datasets_root):
+    out, stdout = fitnet_run
+    proc = run_train_net(
+        "--config-file", FITNET_CONFIG, "--eval-only", "MODEL.WEIGHTS", out / "model_final.pth", *ANY_SCORE,
+        "KD.TEACHER.WEIGHTS", tmp_path / "no_such_teacher.pth", "OUTPUT_DIR", tmp_path / "eval",
+        datasets_root=datasets_root,
+    )
+    assert printed_ap(proc.stdout) == pytest.approx(printed_ap(stdout), nan_ok=True)

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import torch
 
+import kddet  # noqa: F401  (compat shims and registrations come first, in every child too)
+from detectron2.config import get_cfg
+
+from kddet import add_kddet_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_cfg(config: str, opts):
-    import kddet  # noqa: F401
-    from detectron2.config import get_cfg
-
-    from kddet import add_kddet_config
 
     cfg = get_cfg()
     add_kddet_config(cfg)
@@ -131,7 +132,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
-    import kddet  # noqa: F401
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model

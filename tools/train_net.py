@@ -10,13 +10,13 @@ import kddet  # noqa: F401  (compat shims and registrations come before detectro
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
-from kddet.engine import Trainer, setup_cfg
+from kddet.engine import Trainer, setup_cfg, student_only
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = Trainer.build_model(student_only(cfg))
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)

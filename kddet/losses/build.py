@@ -71,7 +71,7 @@ def kd_loss_classes(cfg) -> Dict[str, type]:
     registered = sorted(name for name, _ in KD_LOSS_REGISTRY)
     unknown = [name for name in cfg.KD.LOSSES if name not in registered]
     if unknown:
-        raise KeyError(f"Unknown distillation loss(es) {unknown} in KD.LOSSES; registered losses: {registered}")
+        raise ValueError(f"Unknown distillation loss(es) {unknown} in KD.LOSSES; registered losses: {registered}")
     return {name: KD_LOSS_REGISTRY.get(name) for name in cfg.KD.LOSSES}
 
 
