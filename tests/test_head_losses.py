@@ -615,10 +615,14 @@ def test_anchor_mismatch_stops_at_build_with_both_settings(teacher_weights, tmp_
     build_model(distillation_cfg(teacher_weights, teacher_config=teacher_config, losses=["RCNSoftCls"]))
 
 
-@pytest.mark.parametrize(
-    "config",
-    [f"configs/shapes/{name}.yaml" for name in ("chen2017", "kd", "virtual_teacher", "pkt", "sp", "rkd")],
+RECIPE_CONFIGS = sorted(
+    str(path.relative_to(REPO))
+    for path in REPO.glob("configs/*/*.yaml")
+    if "META_ARCHITECTURE: \"DistillationRCNN\"" in path.read_text()
 )
+
+
+@pytest.mark.parametrize("config", RECIPE_CONFIGS)
 def test_recipe_configs_load_and_name_registered_losses(config):
     cfg = load_config(REPO / config)
     assert cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN" and kd_loss_classes(cfg)

@@ -44,7 +44,7 @@ def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Pat
     final = next(m for m in reversed(metrics) if "bbox/AP" in m)
     return {
         "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
-        "iters": final["iteration"] + 1, "minutes": (time.perf_counter() - start) / 60,
+        "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1, "minutes": (time.perf_counter() - start) / 60,
         "config": config,
     }
 
