@@ -110,14 +110,25 @@ def in_child(target, *args) -> dict:
     return result
 
 
+class _ImageToBoxes(torch.nn.Module):
+    """A detector as a tensor-in, tensor-out function, so that fvcore can trace it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model.inference([{"image": image}], do_postprocess=False)[0].pred_boxes.tensor
+
+
 def params_and_flops(config: str, opts, batch) -> tuple:
     from detectron2.modeling import build_model
-    from detectron2.utils.analysis import FlopCountAnalysis
+    from fvcore.nn import FlopCountAnalysis
 
     model = build_model(load_cfg(config, ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN", *opts])).eval()
     params = sum(p.numel() for p in model.parameters())
-    inputs = [{"image": batch[0]["image"]}]
-    flops = FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    flops = FlopCountAnalysis(_ImageToBoxes(model), (batch[0]["image"],))
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return params / 1e6, flops.total() / 1e9
 
 
