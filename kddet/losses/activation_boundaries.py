@@ -4,7 +4,7 @@ Boundaries Formed by Hidden Neurons", AAAI 2019).
 The student learns on which side of zero each teacher response lies, with a margin, rather than
 its value. The student passes through a 1x1 conv + BN to the teacher's width, as in the paper.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["AB", "ab_loss"]
 
@@ -29,34 +30,21 @@ def ab_loss(student_adapted: torch.Tensor, teacher: torch.Tensor, margin: float 
 
 
 @KD_LOSS_REGISTRY.register()
-class AB(nn.Module):
+class AB(PerLevelFeatureLoss):
     """Activation-boundary transfer on chosen FPN levels (pre-activation maps), the mean over levels."""
 
-    needs = ("features",)
-
     @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module], margin: float):
-        super().__init__()
-        self.weight = weight
-        self.in_features = list(in_features)
-        self.adapters = nn.ModuleDict(adapters)
+    def __init__(self, *, margin: float, **kwargs):
+        super().__init__(**kwargs)
         self.margin = margin
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.AB
-        check_feature_names("AB", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "adapters": {
-                f: build_adapter("conv1x1_bn", student_shapes[f].channels, teacher_shapes[f].channels)
-                for f in node.IN_FEATURES
-            },
-            "margin": node.MARGIN,
-        }
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), margin=cfg.KD.AB.MARGIN)
 
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [ab_loss(self.adapters[f](student[f].float()), teacher[f], self.margin) for f in self.in_features]
-        return weighted("ab", self.weight, torch.stack(per_level).mean())
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        return build_adapter("conv1x1_bn", student_channels, teacher_channels)
+
+    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return ab_loss(student_adapted, teacher, self.margin)

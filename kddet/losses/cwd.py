@@ -5,7 +5,7 @@ Each channel becomes a distribution over positions (a spatial softmax); the stud
 teacher's, so it learns where each channel fires rather than how strongly. A student narrower
 than its teacher passes through a 1x1 adapter to the teacher's width.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -14,7 +14,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import match_channels
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["CWD", "cwd_loss"]
 
@@ -30,33 +31,21 @@ def cwd_loss(student_adapted: torch.Tensor, teacher: torch.Tensor, tau: float = 
 
 
 @KD_LOSS_REGISTRY.register()
-class CWD(nn.Module):
+class CWD(PerLevelFeatureLoss):
     """Channel-wise distillation on chosen FPN levels, the mean over levels."""
 
-    needs = ("features",)
-
     @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module], tau: float):
-        super().__init__()
-        self.weight = weight
-        self.in_features = list(in_features)
-        self.adapters = nn.ModuleDict(adapters)
+    def __init__(self, *, tau: float, **kwargs):
+        super().__init__(**kwargs)
         self.tau = tau
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.CWD
-        check_feature_names("CWD", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "adapters": {
-                f: match_channels(student_shapes[f].channels, teacher_shapes[f].channels) for f in node.IN_FEATURES
-            },
-            "tau": node.TAU,
-        }
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), tau=cfg.KD.CWD.TAU)
 
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [cwd_loss(self.adapters[f](student[f].float()), teacher[f], self.tau) for f in self.in_features]
-        return weighted("cwd", self.weight, torch.stack(per_level).mean())
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        return match_channels(student_channels, teacher_channels)
+
+    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return cwd_loss(student_adapted, teacher, self.tau)

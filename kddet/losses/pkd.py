@@ -5,17 +5,13 @@ Standardising each channel first removes the difference in magnitude between the
 the MSE compares only the pattern (it equals 2 * (1 - Pearson correlation)). A student narrower
 than its teacher passes through a 1x1 adapter to the teacher's width.
 """
-from typing import Dict, Mapping, Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
-
 from ..adapters import match_channels
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["PKD", "pkd_loss", "standardise_channels"]
 
@@ -35,31 +31,12 @@ def pkd_loss(student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
 
 
 @KD_LOSS_REGISTRY.register()
-class PKD(nn.Module):
+class PKD(PerLevelFeatureLoss):
     """PKD on chosen FPN levels, the mean over levels."""
 
-    needs = ("features",)
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        return match_channels(student_channels, teacher_channels)
 
-    @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module]):
-        super().__init__()
-        self.weight = weight
-        self.in_features = list(in_features)
-        self.adapters = nn.ModuleDict(adapters)
-
-    @classmethod
-    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.PKD
-        check_feature_names("PKD", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "adapters": {
-                f: match_channels(student_shapes[f].channels, teacher_shapes[f].channels) for f in node.IN_FEATURES
-            },
-        }
-
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [pkd_loss(self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
-        return weighted("pkd", self.weight, torch.stack(per_level).mean())
+    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return pkd_loss(student_adapted, teacher)

@@ -1,0 +1,54 @@
+"""The shape most feature losses share: one comparison per FPN level of ``IN_FEATURES``, the
+student passed through a per-level adapter first, the mean over levels times ``WEIGHT``."""
+from typing import Dict, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+
+from .build import DistillationBatch, check_feature_names, weighted
+
+__all__ = ["PerLevelFeatureLoss"]
+
+
+class PerLevelFeatureLoss(nn.Module):
+    """Subclasses define ``level_loss(student_adapted, teacher)`` and ``build_adapter(node, student
+    channels, teacher channels)``; their config node is ``KD.<class name upper-cased>``, and
+    ``from_config`` may add options of their own to what this one returns."""
+
+    needs = ("features",)
+
+    @configurable
+    def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module]):
+        super().__init__()
+        self.weight = weight
+        self.in_features = list(in_features)
+        self.adapters = nn.ModuleDict(adapters)
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        name = cls.__name__
+        node = cfg.KD[name.upper()]
+        check_feature_names(name, node.IN_FEATURES, student_shapes, teacher_shapes)
+        return {
+            "weight": node.WEIGHT,
+            "in_features": node.IN_FEATURES,
+            "adapters": {
+                f: cls.build_adapter(node, student_shapes[f].channels, teacher_shapes[f].channels)
+                for f in node.IN_FEATURES
+            },
+        }
+
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
+        student, teacher = batch.student["features"], batch.teacher["features"]
+        per_level = [self.level_loss(self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
+        return weighted(type(self).__name__.lower(), self.weight, torch.stack(per_level).mean())
