@@ -25,6 +25,7 @@ import kddet  # noqa: F401  (compat shims and registrations come first, in every
 from detectron2.config import get_cfg
 
 from kddet import add_kddet_config
+from kddet.complexity import params_and_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,28 +111,6 @@ def in_child(target, *args) -> dict:
     return result
 
 
-class _ImageToBoxes(torch.nn.Module):
-    """A detector as a tensor-in, tensor-out function, so that fvcore can trace it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image):
-        return self.model.inference([{"image": image}], do_postprocess=False)[0].pred_boxes.tensor
-
-
-def params_and_flops(config: str, opts, batch) -> tuple:
-    from detectron2.modeling import build_model
-    from fvcore.nn import FlopCountAnalysis
-
-    model = build_model(load_cfg(config, ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN", *opts])).eval()
-    params = sum(p.numel() for p in model.parameters())
-    flops = FlopCountAnalysis(_ImageToBoxes(model), (batch[0]["image"],))
-    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return params / 1e6, flops.total() / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="configs/shapes/student_slim_r8.yaml")
@@ -165,7 +144,9 @@ def main() -> None:
         rows = [("student alone", in_child(measure_training, args.student, common, *timing))]
         for recipe in args.recipes:
             rows.append((Path(recipe).stem, in_child(measure_training, recipe, teacher_opts, *timing)))
-        sizes = {name: params_and_flops(cfg, common, batches[0]) for name, cfg in (("teacher", teacher_config), ("student", args.student))}
+        image = batches[0][0]["image"]
+        sizes = {"teacher": params_and_flops(load_cfg(teacher_config, common), image),
+                 "student": params_and_flops(student_cfg, image)}
 
     memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"
     print(f"\ndevice {args.device}, AMP {'on' if args.amp else 'off'}, batch {args.batch_size}, "
