@@ -2,7 +2,7 @@
 # (scripts/setup_env.sh: quick and a no-op when nothing changed).
 PY := .venv/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup demo test results results-cpu-short
 setup:
 	bash scripts/setup_env.sh
 
@@ -11,3 +11,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# results/embedded.md and .png: teacher, student and every recipe over 3 seeds (tools/make_results.py).
+results: setup
+	$(PY) tools/make_results.py
+
+results-cpu-short: setup
+	$(PY) tools/make_results.py --schedule cpu-short

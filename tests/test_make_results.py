@@ -1,0 +1,97 @@
+"""tools/make_results.py: the statistics of its table against direct computations, the schedule it
+derives, and one tiny end-to-end run that writes the table and chart and is then reused."""
+import importlib.util
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, STUDENT_CONFIG
+
+spec = importlib.util.spec_from_file_location("make_results", REPO / "tools/make_results.py")
+make_results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_results)
+
+
+def record(ap, ap50=50.0, ap75=20.0, minutes=1.0, iters=300):
+    return {"AP": ap, "AP50": ap50, "AP75": ap75, "minutes": minutes, "iters": iters}
+
+
+def test_summary_means_deltas_and_gap_fraction_match_a_direct_computation():
+    teacher = record(40.0)
+    runs = {
+        "student": [record(19.0), record(20.0), record(21.0)],
+        "fitnet": [record(22.0, ap50=40.0), record(24.0, ap50=44.0), record(23.0, ap50=42.0)],
+    }
+    student, fitnet = make_results.summarize(teacher, runs)
+    assert student["name"] == "student" and fitnet["name"] == "fitnet"
+    assert fitnet["AP"] == pytest.approx(23.0) and fitnet["AP50"] == pytest.approx(42.0)
+    assert fitnet["AP_std"] == pytest.approx(1.0) and fitnet["AP50_std"] == pytest.approx(2.0)  # sample std
+    assert fitnet["delta"] == pytest.approx(3.0)
+    assert fitnet["delta_se"] == pytest.approx(math.sqrt(1 / 3 + 1 / 3))
+    assert fitnet["gap_recovered"] == pytest.approx(3.0 / 20.0)
+    assert student["delta"] == pytest.approx(0.0)
+
+
+def test_verdict_needs_two_standard_errors_and_a_printable_change():
+    base = {"delta_se": 0.5}
+    assert make_results.verdict({**base, "delta": 1.2}) == "helps"
+    assert make_results.verdict({**base, "delta": -1.2}) == "hurts"
+    assert make_results.verdict({**base, "delta": 0.9}) == "within noise"
+    assert make_results.verdict({"delta_se": 0.0, "delta": -1e-6}) == "within noise"
+    assert make_results.verdict({"delta_se": math.nan, "delta": 5.0}) == "one seed"
+
+
+def test_single_seed_has_no_std_and_a_zero_gap_has_no_fraction():
+    student, kd = make_results.summarize(record(10.0), {"student": [record(10.0)], "kd": [record(11.0)]})
+    assert math.isnan(kd["AP_std"]) and math.isnan(kd["delta_se"])
+    assert math.isnan(kd["gap_recovered"])  # teacher no better than the student: no gap to recover
+
+
+def test_schedule_scales_steps_and_warmup_and_keeps_milestones_below_the_end():
+    solver = make_results.load_config(STUDENT_CONFIG).SOLVER
+    opts = dict(zip(*[iter(make_results.schedule_opts(STUDENT_CONFIG, solver.MAX_ITER // 3))] * 2))
+    assert opts["SOLVER.MAX_ITER"] == solver.MAX_ITER // 3
+    assert opts["SOLVER.STEPS"] == tuple(round(s / 3) for s in solver.STEPS)
+    assert opts["SOLVER.WARMUP_ITERS"] == round(solver.WARMUP_ITERS / 3)
+    tiny = dict(zip(*[iter(make_results.schedule_opts(STUDENT_CONFIG, 3))] * 2))
+    assert all(1 <= s < 3 for s in tiny["SOLVER.STEPS"]) and list(tiny["SOLVER.STEPS"]) == sorted(set(tiny["SOLVER.STEPS"]))
+
+
+def test_every_recipe_config_is_in_the_table():
+    recipes = make_results.all_recipes()
+    assert "fitnet" in recipes and "chen2017" in recipes
+    assert not {"teacher_slim_r18", "student_slim_r8", "Base-Shapes"} & set(recipes)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets_root):
+    command = [
+        sys.executable, str(REPO / "tools/make_results.py"), "--student-iters", "2", "--teacher-iters", "2",
+        "--seeds", "1", "2", "--recipes", "fitnet", "--output", str(tmp_path / "runs"),
+        "--results-dir", str(tmp_path / "results"),
+        # Two-iteration models score every box low: a threshold of 0 keeps AP a number, not nan.
+        "SOLVER.IMS_PER_BATCH", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    ]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    table = (tmp_path / "results/embedded_custom.md").read_text()
+    assert (tmp_path / "results/embedded_custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fitnet_ap = [json.loads((tmp_path / f"runs/fitnet/seed{s}/result.json").read_text())["AP"] for s in (1, 2)]
+    row = re.search(r"^\| fitnet \| ([\d.]+) ± ([\d.]+) \|", table, re.M)
+    assert row, table
+    assert float(row.group(1)) == pytest.approx(statistics.fmean(fitnet_ap), abs=0.051)
+    assert float(row.group(2)) == pytest.approx(statistics.stdev(fitnet_ap), abs=0.051)
+    assert re.search(r"^\| teacher \| ", table, re.M) and re.search(r"^\| student alone \| ", table, re.M)
+    assert "GFLOPs" in table and "embedded_custom.png" in table
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reused") == 5  # teacher, 2 student seeds, 2 fitnet seeds: nothing retrained
