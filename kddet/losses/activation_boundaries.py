@@ -46,5 +46,5 @@ class AB(PerLevelFeatureLoss):
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
         return build_adapter("conv1x1_bn", student_channels, teacher_channels)
 
-    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return ab_loss(student_adapted, teacher, self.margin)

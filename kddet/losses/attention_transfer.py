@@ -3,16 +3,16 @@
 The student matches where the teacher's features are strong, summed over channels, so the two
 widths need not agree and no adapter is trained.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["AT", "at_loss", "attention_map"]
 
@@ -31,25 +31,17 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0) -> tor
 
 
 @KD_LOSS_REGISTRY.register()
-class AT(nn.Module):
+class AT(PerLevelFeatureLoss):
     """Attention transfer on chosen FPN levels, the mean over levels; WEIGHT is the paper's beta."""
 
-    needs = ("features",)
-
     @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], p: float):
-        super().__init__()
-        self.weight = weight
-        self.in_features = list(in_features)
+    def __init__(self, *, p: float, **kwargs):
+        super().__init__(**kwargs)
         self.p = p
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.AT
-        check_feature_names("AT", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {"weight": node.WEIGHT, "in_features": node.IN_FEATURES, "p": node.P}
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), p=cfg.KD.AT.P)
 
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [at_loss(student[f], teacher[f], self.p) for f in self.in_features]
-        return weighted("at", self.weight, torch.stack(per_level).mean())
+    def level_loss(self, level: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return at_loss(student, teacher, self.p)

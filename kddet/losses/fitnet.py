@@ -22,5 +22,5 @@ class FitNet(PerLevelFeatureLoss):
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
         return build_adapter(node.ADAPTER, student_channels, teacher_channels)
 
-    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return fitnet_hint_loss(student_adapted, teacher)

@@ -6,17 +6,17 @@ consecutive FPN levels. G is C x C, so a student narrower than its teacher first
 through a 1x1 adapter to the teacher's width (identity when the widths agree); the paper pairs
 networks of equal width and has no adapter.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 
 from ..adapters import match_channels
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["FSP", "fsp_loss", "fsp_matrix"]
 
@@ -44,31 +44,19 @@ def fsp_loss(student_levels: Sequence[torch.Tensor], teacher_levels: Sequence[to
 
 
 @KD_LOSS_REGISTRY.register()
-class FSP(nn.Module):
-    """FSP matrices between consecutive levels of IN_FEATURES, in the order given."""
-
-    needs = ("features",)
+class FSP(PerLevelFeatureLoss):
+    """FSP matrices between consecutive levels of IN_FEATURES, in the order given: the levels are
+    compared in pairs, not one by one."""
 
     @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module]):
-        super().__init__()
-        if len(in_features) < 2:
-            raise ValueError(f"KD.FSP.IN_FEATURES needs two levels or more to pair, got {list(in_features)}")
-        self.weight = weight
-        self.in_features = list(in_features)
-        self.adapters = nn.ModuleDict(adapters)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if len(self.in_features) < 2:
+            raise ValueError(f"KD.FSP.IN_FEATURES needs two levels or more to pair, got {self.in_features}")
 
-    @classmethod
-    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.FSP
-        check_feature_names("FSP", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "adapters": {
-                f: match_channels(student_shapes[f].channels, teacher_shapes[f].channels) for f in node.IN_FEATURES
-            },
-        }
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        return match_channels(student_channels, teacher_channels)
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]

@@ -5,16 +5,16 @@ Each channel's activation map is one sample of where the network responds; NST m
 distribution of the student's samples to the teacher's by their MMD. The channel counts need
 not agree, so no adapter is trained.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["NST", "KERNELS", "nst_loss"]
 
@@ -66,18 +66,14 @@ def nst_loss(
 
 
 @KD_LOSS_REGISTRY.register()
-class NST(nn.Module):
+class NST(PerLevelFeatureLoss):
     """MMD between the channel distributions of student and teacher, the mean over levels."""
 
-    needs = ("features",)
-
     @configurable
-    def __init__(self, *, weight: float, in_features: Sequence[str], kernel: str, degree: int, constant: float):
-        super().__init__()
+    def __init__(self, *, kernel: str, degree: int, constant: float, **kwargs):
+        super().__init__(**kwargs)
         if kernel not in KERNELS:
             raise ValueError(f"Unknown KD.NST.KERNEL '{kernel}'; choose one of {KERNELS}")
-        self.weight = weight
-        self.in_features = list(in_features)
         self.kernel = kernel
         self.degree = degree
         self.constant = constant
@@ -85,18 +81,10 @@ class NST(nn.Module):
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
         node = cfg.KD.NST
-        check_feature_names("NST", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "kernel": node.KERNEL,
-            "degree": node.POLY_DEGREE,
-            "constant": node.POLY_CONSTANT,
-        }
+        return dict(
+            super().from_config(cfg, student_shapes, teacher_shapes),
+            kernel=node.KERNEL, degree=node.POLY_DEGREE, constant=node.POLY_CONSTANT,
+        )
 
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [
-            nst_loss(student[f], teacher[f], self.kernel, self.degree, self.constant) for f in self.in_features
-        ]
-        return weighted("nst", self.weight, torch.stack(per_level).mean())
+    def level_loss(self, level: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return nst_loss(student, teacher, self.kernel, self.degree, self.constant)

@@ -6,7 +6,7 @@ passes through a 1x1 conv + BN and is not pushed below the teacher where both ar
 (partial L2). The paper takes the margin from the BN that precedes the feature; FPN outputs have
 none, so the margin is a running estimate of ``E[x | x < 0]`` per channel, kept as a buffer.
 """
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping
 
 import torch
 from torch import nn
@@ -15,7 +15,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch
+from .per_level import PerLevelFeatureLoss
 
 __all__ = ["OFD", "NegativeMeanEstimate", "ofd_loss"]
 
@@ -57,53 +58,31 @@ def ofd_loss(student_transformed: torch.Tensor, teacher: torch.Tensor, margin: t
 
 
 @KD_LOSS_REGISTRY.register()
-class OFD(nn.Module):
-    """OFD on chosen FPN levels, the mean over levels; the margins learn while training."""
-
-    needs = ("features",)
+class OFD(PerLevelFeatureLoss):
+    """OFD on chosen FPN levels, the mean over levels; the student's transform is a 1x1 conv + BN to
+    the teacher's width, and the teacher's per-channel margins learn while training."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        weight: float,
-        in_features: Sequence[str],
-        adapters: Mapping[str, nn.Module],
-        margins: Mapping[str, NegativeMeanEstimate],
-    ):
-        """
-        Args:
-            adapters: per level, the student transform (1x1 conv + BN to the teacher's width).
-            margins: per level, the running margin of the teacher's channels.
-        """
-        super().__init__()
-        self.weight = weight
-        self.in_features = list(in_features)
-        self.adapters = nn.ModuleDict(adapters)
+    def __init__(self, *, margins: Mapping[str, NegativeMeanEstimate], **kwargs):
+        super().__init__(**kwargs)
         self.margins = nn.ModuleDict(margins)
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        args = super().from_config(cfg, student_shapes, teacher_shapes)  # checks the level names first
         node = cfg.KD.OFD
-        check_feature_names("OFD", node.IN_FEATURES, student_shapes, teacher_shapes)
-        return {
-            "weight": node.WEIGHT,
-            "in_features": node.IN_FEATURES,
-            "adapters": {
-                f: build_adapter("conv1x1_bn", student_shapes[f].channels, teacher_shapes[f].channels)
-                for f in node.IN_FEATURES
-            },
-            "margins": {
-                f: NegativeMeanEstimate(teacher_shapes[f].channels, node.MARGIN_MOMENTUM) for f in node.IN_FEATURES
-            },
-        }
+        margins = {f: NegativeMeanEstimate(teacher_shapes[f].channels, node.MARGIN_MOMENTUM) for f in node.IN_FEATURES}
+        return dict(args, margins=margins)
+
+    @staticmethod
+    def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
+        return build_adapter("conv1x1_bn", student_channels, teacher_channels)
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student, teacher = batch.student["features"], batch.teacher["features"]
         if self.training:
             for f in self.in_features:
-                self.margins[f].update(teacher[f])
-        per_level = [
-            ofd_loss(self.adapters[f](student[f].float()), teacher[f], self.margins[f].margin) for f in self.in_features
-        ]
-        return weighted("ofd", self.weight, torch.stack(per_level).mean())
+                self.margins[f].update(batch.teacher["features"][f])
+        return super().forward(batch)
+
+    def level_loss(self, level: str, student_transformed: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return ofd_loss(student_transformed, teacher, self.margins[level].margin)

@@ -14,9 +14,10 @@ __all__ = ["PerLevelFeatureLoss"]
 
 
 class PerLevelFeatureLoss(nn.Module):
-    """Subclasses define ``level_loss(student_adapted, teacher)`` and ``build_adapter(node, student
-    channels, teacher channels)``; their config node is ``KD.<class name upper-cased>``, and
-    ``from_config`` may add options of their own to what this one returns."""
+    """Subclasses define ``level_loss(level, student_adapted, teacher)`` and, when the student is
+    adapted, ``build_adapter(node, student channels, teacher channels)`` (identity otherwise); their
+    config node is ``KD.<class name upper-cased>``, and ``from_config`` may add options of their own
+    to what this one returns."""
 
     needs = ("features",)
 
@@ -43,12 +44,12 @@ class PerLevelFeatureLoss(nn.Module):
 
     @staticmethod
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
-        raise NotImplementedError
+        return nn.Identity()
 
-    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [self.level_loss(self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
+        per_level = [self.level_loss(f, self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
         return weighted(type(self).__name__.lower(), self.weight, torch.stack(per_level).mean())

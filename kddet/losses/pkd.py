@@ -38,5 +38,5 @@ class PKD(PerLevelFeatureLoss):
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
         return match_channels(student_channels, teacher_channels)
 
-    def level_loss(self, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return pkd_loss(student_adapted, teacher)
