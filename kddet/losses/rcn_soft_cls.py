@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
 from .heads import class_weights
 
-__all__ = ["RCNSoftCls", "weighted_soft_cross_entropy"]
+__all__ = ["RCNSoftCls", "SoftClassification", "weighted_soft_cross_entropy"]
 
 
 def weighted_soft_cross_entropy(
@@ -25,12 +25,13 @@ def weighted_soft_cross_entropy(
     return per_row.sum() / max(per_row.numel(), 1)
 
 
-@KD_LOSS_REGISTRY.register()
-class RCNSoftCls(nn.Module):
-    """``L_cls = mu * L_hard + (1 - mu) * L_soft`` on the student's sampled proposals: the hard
-    part is detectron2's ``loss_cls`` scaled by ``mu``, the soft part is this loss's term."""
+class SoftClassification(nn.Module):
+    """``L_cls = mu * L_hard + (1 - mu) * L_soft`` (Chen et al. 2017): detectron2's ``hard_loss``
+    scaled by ``mu``, and the soft term ``loss_kd_<loss_name>`` weighted by ``1 - mu``. Subclasses
+    pick the rows; their node ``KD.<class name upper-cased>`` has MU, TEMPERATURE, BACKGROUND_WEIGHT."""
 
-    needs = ("predictions",)
+    hard_loss: str
+    loss_name: str
 
     @configurable
     def __init__(self, *, mu: float, temperature: float, background_weight: float):
@@ -38,15 +39,26 @@ class RCNSoftCls(nn.Module):
         self.mu = mu
         self.temperature = temperature
         self.background_weight = background_weight
-        self.student_loss_scale = {"loss_cls": mu}
+        self.student_loss_scale = {self.hard_loss: mu}
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD.RCNSOFTCLS
+        node = cfg.KD[cls.__name__.upper()]
         return {"mu": node.MU, "temperature": node.TEMPERATURE, "background_weight": node.BACKGROUND_WEIGHT}
 
+    def soft_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+        weights = class_weights(student_logits.shape[1], self.background_weight, student_logits.device)
+        soft = weighted_soft_cross_entropy(student_logits, teacher_logits, weights, self.temperature)
+        return weighted(self.loss_name, 1.0 - self.mu, soft)
+
+
+@KD_LOSS_REGISTRY.register()
+class RCNSoftCls(SoftClassification):
+    """Soft classification on the student's sampled proposals; the hard part is ``loss_cls``."""
+
+    needs = ("predictions",)
+    hard_loss = "loss_cls"
+    loss_name = "rcn_soft_cls"
+
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student_scores, teacher_scores = batch.student["predictions"][0], batch.teacher["predictions"][0]
-        weights = class_weights(student_scores.shape[1], self.background_weight, student_scores.device)
-        soft = weighted_soft_cross_entropy(student_scores, teacher_scores, weights, self.temperature)
-        return weighted("rcn_soft_cls", 1.0 - self.mu, soft)
+        return self.soft_term(batch.student["predictions"][0], batch.teacher["predictions"][0])

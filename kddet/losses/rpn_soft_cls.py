@@ -9,13 +9,10 @@ per image), the same number whenever an image has anchors enough to fill its sam
 from typing import Dict
 
 import torch
-from torch import nn
 
-from detectron2.config import configurable
-
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
-from .heads import class_weights, rpn_rows
-from .rcn_soft_cls import weighted_soft_cross_entropy
+from .build import KD_LOSS_REGISTRY, DistillationBatch
+from .heads import rpn_rows
+from .rcn_soft_cls import SoftClassification
 
 __all__ = ["RPNSoftCls", "objectness_as_two_classes"]
 
@@ -28,34 +25,17 @@ def objectness_as_two_classes(logits: torch.Tensor) -> torch.Tensor:
 
 
 @KD_LOSS_REGISTRY.register()
-class RPNSoftCls(nn.Module):
-    """``L_cls = mu * L_hard + (1 - mu) * L_soft`` on the sampled anchors: the hard part is
-    detectron2's ``loss_rpn_cls`` scaled by ``mu``, the soft part is this loss's term."""
+class RPNSoftCls(SoftClassification):
+    """Soft objectness on the sampled anchors; the hard part is ``loss_rpn_cls``."""
 
     needs = ("rpn", "rpn_labels")
-
-    @configurable
-    def __init__(self, *, mu: float, temperature: float, background_weight: float):
-        super().__init__()
-        self.mu = mu
-        self.temperature = temperature
-        self.background_weight = background_weight
-        self.student_loss_scale = {"loss_rpn_cls": mu}
-
-    @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD.RPNSOFTCLS
-        return {"mu": node.MU, "temperature": node.TEMPERATURE, "background_weight": node.BACKGROUND_WEIGHT}
+    hard_loss = "loss_rpn_cls"
+    loss_name = "rpn_soft_cls"
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student_logits, _ = rpn_rows(batch.student["rpn"])
         teacher_logits, _ = rpn_rows(batch.teacher["rpn"])
         sampled = torch.stack(batch.student["rpn_labels"][0]) >= 0
-        weights = class_weights(2, self.background_weight, student_logits.device)
-        soft = weighted_soft_cross_entropy(
-            objectness_as_two_classes(student_logits[sampled]),
-            objectness_as_two_classes(teacher_logits[sampled]),
-            weights,
-            self.temperature,
+        return self.soft_term(
+            objectness_as_two_classes(student_logits[sampled]), objectness_as_two_classes(teacher_logits[sampled])
         )
-        return weighted("rpn_soft_cls", 1.0 - self.mu, soft)

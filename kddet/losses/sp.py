@@ -1,15 +1,10 @@
 """Similarity-preserving distillation, SP (Tung & Mori, ICCV 2019), on the box-head features of
 the student's sampled proposals."""
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from detectron2.config import configurable
-
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
-from .heads import mean_over_images
+from .build import KD_LOSS_REGISTRY
+from .heads import RoIRelationLoss
 
 __all__ = ["SP", "sp_loss"]
 
@@ -23,22 +18,7 @@ def sp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @KD_LOSS_REGISTRY.register()
-class SP(nn.Module):
+class SP(RoIRelationLoss):
     """SP between student and teacher box-head features of the same RoIs, per image."""
 
-    needs = ("box_features", "proposals")
-
-    @configurable
-    def __init__(self, *, weight: float):
-        super().__init__()
-        self.weight = weight
-
-    @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
-        return {"weight": cfg.KD.SP.WEIGHT}
-
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        loss = mean_over_images(
-            sp_loss, batch.student["box_features"], batch.teacher["box_features"], batch.student["proposals"]
-        )
-        return weighted("sp", self.weight, loss)
+    relation_loss = staticmethod(sp_loss)
