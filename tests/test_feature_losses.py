@@ -361,8 +361,9 @@ def test_fgfi_mask_by_hand():
     assert torch.equal(coarse, torch.tensor([[True, True], [False, False]]))
 
 
+@pytest.mark.parametrize("boxes_per_chunk", [32, 2])  # 2: the 5 boxes in chunks of 2, 2 and 1
 @pytest.mark.parametrize("per_level", [False, True])
-def test_fgfi_mask_matches_a_direct_computation(per_level):
+def test_fgfi_mask_matches_a_direct_computation(per_level, boxes_per_chunk):
     generator = torch.Generator().manual_seed(0)
     grid_sizes = [(8, 8), (4, 4), (2, 2)]
     anchors = [
@@ -372,7 +373,9 @@ def test_fgfi_mask_matches_a_direct_computation(per_level):
     corners = torch.rand(5, 2, generator=generator) * 24
     sizes = torch.rand(5, 2, generator=generator) * 20 + 2
     gt = Boxes(torch.cat([corners, corners + sizes], dim=1))
-    fast = imitation_masks(gt, anchors, grid_sizes, (28, 20), psi=0.5, max_iou_per_level=per_level)
+    fast = imitation_masks(
+        gt, anchors, grid_sizes, (28, 20), psi=0.5, max_iou_per_level=per_level, boxes_per_chunk=boxes_per_chunk
+    )
     slow = slow_masks(gt, anchors, grid_sizes, (28, 20), 0.5, per_level)
     for fast_mask, slow_mask in zip(fast, slow):
         assert torch.equal(fast_mask, slow_mask)

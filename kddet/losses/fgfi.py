@@ -27,6 +27,7 @@ def imitation_masks(
     image_size: Tuple[int, int],
     psi: float = 0.5,
     max_iou_per_level: bool = False,
+    boxes_per_chunk: int = 32,
 ) -> List[torch.Tensor]:
     """The imitation mask ``I`` of one image on each level, as (H, W) bool tensors (Wang et al. 2019).
 
@@ -39,21 +40,25 @@ def imitation_masks(
         anchors: per level, the anchors laid over the padded image, location-major with the same
             number of anchors at every location (the layout of detectron2's anchor generators).
         grid_sizes: per level, the (H, W) of the feature map.
+        boxes_per_chunk: how many boxes' IoUs are held at once (memory, not the result).
     """
     device = anchors[0].device
-    if len(gt_boxes) == 0:
-        return [torch.zeros(grid, dtype=torch.bool, device=device) for grid in grid_sizes]
-    ious = [pairwise_iou(gt_boxes.to(device), level_anchors) for level_anchors in anchors]  # (M, H*W*A)
-    best = [iou.max(dim=1).values for iou in ious]
-    if not max_iou_per_level:
-        best = [torch.stack(best).max(dim=0).values] * len(ious)
+    masks = [torch.zeros(grid, dtype=torch.bool, device=device) for grid in grid_sizes]
+    # A box's threshold depends on its own IoUs only, so boxes go in chunks: the IoU matrices of a
+    # crowded COCO image (~100 boxes, 200k p2 anchors) would otherwise take hundreds of megabytes.
+    boxes = gt_boxes.tensor.to(device)
+    for start in range(0, len(boxes), boxes_per_chunk):
+        chunk = boxes[start : start + boxes_per_chunk]
+        ious = [pairwise_iou(Boxes(chunk), level_anchors) for level_anchors in anchors]  # (M, H*W*A)
+        best = [iou.max(dim=1).values for iou in ious]
+        if not max_iou_per_level:
+            best = [torch.stack(best).max(dim=0).values] * len(ious)
+        for mask, iou, box_best, (h, w) in zip(masks, ious, best, grid_sizes):
+            mask |= (iou > psi * box_best[:, None]).view(len(chunk), h, w, -1).any(dim=3).any(dim=0)
     height, width = image_size
-    masks = []
-    for iou, box_best, level_anchors, (h, w) in zip(ious, best, anchors, grid_sizes):
-        matched = (iou > psi * box_best[:, None]).view(len(gt_boxes), h, w, -1)
+    for mask, level_anchors, (h, w) in zip(masks, anchors, grid_sizes):
         centers = level_anchors.get_centers().view(h, w, -1, 2)[:, :, 0]
-        on_image = (centers[..., 0] < width) & (centers[..., 1] < height)
-        masks.append(matched.any(dim=3).any(dim=0) & on_image)
+        mask &= (centers[..., 0] < width) & (centers[..., 1] < height)
     return masks
 
 
