@@ -258,6 +258,26 @@ def test_ofd_margin_is_a_running_mean_of_the_negatives():
     torch.testing.assert_close(estimate.margin[2], negative_mean(second, 2))  # its first batch sets it
 
 
+def _update_in_process(rank: int, init_file: str, shards: torch.Tensor, margins) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(shards))
+    estimate = NegativeMeanEstimate(shards.shape[2], momentum=0.25)
+    estimate.update(shards[rank])
+    margins[rank] = estimate.margin
+    torch.distributed.destroy_process_group()
+
+
+def test_ofd_margins_are_those_of_the_whole_batch_across_processes(tmp_path):
+    """Under DDP every process sees half the batch; each must still end with the margins of all of it."""
+    shards = torch.randn(2, 2, 3, 4, 4)  # (process, image, channel, H, W)
+    shards[0, :, 1] = shards[0, :, 1].abs()  # channel 1 is negative only in the second process's shard
+    whole = NegativeMeanEstimate(3, momentum=0.25)
+    whole.update(shards.flatten(0, 1))
+    margins = torch.multiprocessing.get_context("spawn").Manager().dict()
+    torch.multiprocessing.spawn(_update_in_process, args=(str(tmp_path / "init"), shards, margins), nprocs=2)
+    for rank in range(2):
+        torch.testing.assert_close(margins[rank], whole.margin)
+
+
 def test_ab_matches_its_formula():
     student, teacher = leaf(2, 3, 3, 4), torch.randn(2, 3, 3, 4)
     assert_same_value_and_grads(lambda s: ab_loss(s, teacher, 0.5), lambda s: slow_ab(s, teacher, 0.5), [student])

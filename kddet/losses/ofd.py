@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
+from detectron2.utils import comm
 from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
@@ -35,8 +36,13 @@ class NegativeMeanEstimate(nn.Module):
     def update(self, features: torch.Tensor) -> None:
         values = features.float().transpose(0, 1).flatten(1)  # (C, N*H*W)
         negative = values < 0
-        count = negative.sum(dim=1)
-        batch_mean = (values * negative).sum(dim=1) / count.clamp(min=1)
+        totals = torch.stack([(values * negative).sum(dim=1), negative.sum(dim=1).float()])
+        if comm.get_world_size() > 1:
+            # Each process sees its own images; the margins must be those of the whole batch, the
+            # same everywhere, or DDP's replicas would optimise different losses.
+            torch.distributed.all_reduce(totals)
+        negative_sum, count = totals
+        batch_mean = negative_sum / count.clamp(min=1)
         momentum = torch.where(self.batches_seen == 0, 1.0, self.momentum)
         momentum = torch.where(count > 0, momentum, 0.0)  # a channel without negatives says nothing
         self.margin += momentum * (batch_mean - self.margin)
