@@ -74,6 +74,14 @@ def test_fitnet_run_records_the_hint_loss_and_evaluates(fitnet_run):
     assert evaluated[-1]["bbox/AP"] == pytest.approx(ap["AP"], abs=1e-3)
 
 
+def test_training_logs_progress_with_eta_and_tensorboard_events(fitnet_run):
+    out, stdout = fitnet_run
+    progress = re.findall(r" eta: \S+  iter: (\d+)  total_loss: \S+ .*loss_kd_fitnet: ", stdout)
+    assert progress and int(progress[-1]) == 2
+    events = list(out.glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
 def test_eval_only_of_the_exported_student_scores_what_the_run_scored(fitnet_run, tmp_path, datasets_root):
     out, stdout = fitnet_run
     export = [sys.executable, REPO / "tools/export_student.py", out / "model_final.pth", tmp_path / "student.pth"]
