@@ -272,10 +272,11 @@ def test_ofd_margins_are_those_of_the_whole_batch_across_processes(tmp_path):
     shards[0, :, 1] = shards[0, :, 1].abs()  # channel 1 is negative only in the second process's shard
     whole = NegativeMeanEstimate(3, momentum=0.25)
     whole.update(shards.flatten(0, 1))
-    margins = torch.multiprocessing.get_context("spawn").Manager().dict()
-    torch.multiprocessing.spawn(_update_in_process, args=(str(tmp_path / "init"), shards, margins), nprocs=2)
-    for rank in range(2):
-        torch.testing.assert_close(margins[rank], whole.margin)
+    with torch.multiprocessing.get_context("spawn").Manager() as manager:
+        margins = manager.dict()
+        torch.multiprocessing.spawn(_update_in_process, args=(str(tmp_path / "init"), shards, margins), nprocs=2)
+        for rank in range(2):
+            torch.testing.assert_close(margins[rank], whole.margin)
 
 
 def test_ab_matches_its_formula():

@@ -36,7 +36,7 @@ from kddet.losses.heads import gt_class_deltas, rcn_foreground, rpn_regression_t
 from kddet.losses.kd import soft_target_kl
 from kddet.losses.pkt import pkt_loss
 from kddet.losses.rcn_bounded_reg import teacher_bounded_l2
-from kddet.losses.rcn_soft_cls import weighted_soft_cross_entropy
+from kddet.losses.soft_cls import weighted_soft_cross_entropy
 from kddet.losses.rkd import rkd_angle_loss, rkd_distance_loss
 from kddet.losses.rpn_soft_cls import objectness_as_two_classes
 from kddet.losses.sp import sp_loss

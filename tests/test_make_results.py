@@ -34,17 +34,27 @@ def test_summary_means_deltas_and_gap_fraction_match_a_direct_computation():
     assert fitnet["AP_std"] == pytest.approx(1.0) and fitnet["AP50_std"] == pytest.approx(2.0)  # sample std
     assert fitnet["delta"] == pytest.approx(3.0)
     assert fitnet["delta_se"] == pytest.approx(math.sqrt(1 / 3 + 1 / 3))
+    # Welch-Satterthwaite: (1/3 + 1/3)^2 / ((1/3)^2 / 2 + (1/3)^2 / 2) = 4
+    assert fitnet["delta_dof"] == pytest.approx(4.0)
     assert fitnet["gap_recovered"] == pytest.approx(3.0 / 20.0)
     assert student["delta"] == pytest.approx(0.0)
 
 
-def test_verdict_needs_two_standard_errors_and_a_printable_change():
-    base = {"delta_se": 0.5}
-    assert make_results.verdict({**base, "delta": 1.2}) == "helps"
-    assert make_results.verdict({**base, "delta": -1.2}) == "hurts"
-    assert make_results.verdict({**base, "delta": 0.9}) == "within noise"
-    assert make_results.verdict({"delta_se": 0.0, "delta": -1e-6}) == "within noise"
-    assert make_results.verdict({"delta_se": math.nan, "delta": 5.0}) == "one seed"
+def test_verdict_is_a_welch_t_test_at_95_percent_with_a_printable_change():
+    base = {"delta_se": 0.5, "delta_dof": 4.0}  # t(4) = 2.78: the threshold is 1.39 AP
+    assert make_results.verdict({**base, "delta": 1.5}) == "helps"
+    assert make_results.verdict({**base, "delta": -1.5}) == "hurts"
+    assert make_results.verdict({**base, "delta": 1.2}) == "within noise"  # beyond 2 SE, not beyond t(4) SE
+    assert make_results.verdict({"delta_se": 0.0, "delta_dof": math.inf, "delta": -1e-6}) == "within noise"
+    assert make_results.verdict({"delta_se": math.nan, "delta_dof": math.inf, "delta": 5.0}) == "one seed"
+
+
+def test_t_critical_values_round_the_degrees_of_freedom_down():
+    assert make_results.t_critical(4.0) == 2.78
+    assert make_results.t_critical(4.9) == 2.78  # never the more lenient t(5)
+    assert make_results.t_critical(11.0) == 2.23
+    assert make_results.t_critical(0.5) == 12.71
+    assert make_results.t_critical(math.inf) == 1.96
 
 
 def test_single_seed_has_no_std_and_a_zero_gap_has_no_fraction():
@@ -61,6 +71,14 @@ def test_schedule_scales_steps_and_warmup_and_keeps_milestones_below_the_end():
     assert opts["SOLVER.WARMUP_ITERS"] == round(solver.WARMUP_ITERS / 3)
     tiny = dict(zip(*[iter(make_results.schedule_opts(STUDENT_CONFIG, 3))] * 2))
     assert all(1 <= s < 3 for s in tiny["SOLVER.STEPS"]) and list(tiny["SOLVER.STEPS"]) == sorted(set(tiny["SOLVER.STEPS"]))
+    assert dict(zip(*[iter(make_results.schedule_opts(STUDENT_CONFIG, 1))] * 2))["SOLVER.STEPS"] == ()
+
+
+def test_schedule_scales_the_warmup_of_a_loss_too():
+    fgfi = REPO / "configs/shapes/fgfi.yaml"
+    warmup = make_results.load_config(fgfi).KD.FGFI.WARMUP_ITERS
+    opts = dict(zip(*[iter(make_results.schedule_opts(fgfi, 100))] * 2))
+    assert opts["KD.FGFI.WARMUP_ITERS"] == round(warmup * 100 / make_results.load_config(fgfi).SOLVER.MAX_ITER)
 
 
 def test_every_recipe_config_is_in_the_table():

@@ -5,19 +5,23 @@ Trains the teacher once, then the student alone and each recipe of configs/shape
 seed, all through tools/train_net.py (each run ends with COCO evaluation on kddet_shapes_val),
 and writes results/embedded.md (AP, AP50, AP75 mean ± std over seeds, the change against the
 student, the fraction of the teacher-student gap recovered, parameters and FLOPs) and
-results/embedded.png. Runs go to output/results/<schedule>/<name>/seed<N>/; a finished run is
-reused when the script is run again with the same settings, so an interrupted run picks up
-where it stopped and the table can be rebuilt without training.
+results/embedded.png. Runs go to output/results/<schedule>/<name>/seed<N>/. A finished run is
+reused while its resolved config (output folder included) and its teacher are unchanged, so an
+interrupted call picks up where it stopped and the table can be rebuilt without training; after
+changing kddet's code, pass --retrain. Any choice other than a schedule's defaults (recipes,
+seeds, iterations, config options) is tagged `custom` and written beside, never over, the
+quoted table.
 
     python tools/make_results.py                        # full: the configs' schedules (quoted)
     python tools/make_results.py --schedule cpu-short   # students at 1/3 of the iterations
-    python tools/make_results.py --recipes fitnet kd --seeds 1 2 --jobs 1
+    python tools/make_results.py --recipes fitnet kd --seeds 1 2 --jobs 1   # -> embedded_custom.md
 """
 import argparse
 import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +29,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
+from kddet import add_kddet_config
+from kddet.losses import losses_need_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/shapes"
@@ -34,17 +43,20 @@ NOT_RECIPES = {"Base-Shapes", "teacher_slim_r18", "student_slim_r8"}
 # Fraction of each config's own schedule the students train for; the teacher always trains its full
 # schedule, since every student of a table learns from the same teacher.
 SCHEDULES = {"full": 1.0, "cpu-short": 1 / 3}
+SEEDS = [1, 2, 3]
+# Two-sided 95% critical values of Student's t by degrees of freedom (scipy is not a dependency).
+T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
+              12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
 
 
-def all_recipes() -> list:
+def all_recipes() -> List[str]:
+    """The recipe names of configs/shapes/: every config there but the bases, teacher and student."""
     return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in NOT_RECIPES)
 
 
-def load_config(path: Path, opts=()):
-    import kddet  # noqa: F401  (compat shims first)
+def load_config(path: Path, opts: Sequence = ()):
+    """A detectron2 config with kddet's nodes, from ``path`` and ``opts``."""
     from detectron2.config import get_cfg
-
-    from kddet import add_kddet_config
 
     cfg = get_cfg()
     add_kddet_config(cfg)
@@ -54,37 +66,49 @@ def load_config(path: Path, opts=()):
 
 
 def schedule_opts(config: Path, iters: int) -> list:
-    """Solver options that train ``config`` for ``iters`` iterations, with its LR steps and warm-up
-    scaled alike."""
-    solver = load_config(config).SOLVER
-    scale = iters / solver.MAX_ITER
-    # fvcore wants increasing milestones below the last iteration.
-    steps = tuple(sorted({min(max(1, round(s * scale)), iters - 1) for s in solver.STEPS}))
-    return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", max(1, round(solver.WARMUP_ITERS * scale))]
+    """Options that train ``config`` for ``iters`` iterations, with its LR steps and warm-up, and the
+    warm-ups of its losses (FGFI's ``WARMUP_ITERS``), scaled alike."""
+    cfg = load_config(config)
+    scale = iters / cfg.SOLVER.MAX_ITER
+    # fvcore wants increasing milestones in [1, iters): on very short schedules steps merge.
+    steps = tuple(sorted({min(max(1, round(s * scale)), iters - 1) for s in cfg.SOLVER.STEPS} - {0}))
+    opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))]
+    for loss in cfg.KD.LOSSES:
+        node = cfg.KD[loss.upper()]
+        if "WARMUP_ITERS" in node:
+            opts += [f"KD.{loss.upper()}.WARMUP_ITERS", round(node.WARMUP_ITERS * scale)]
+    return opts
 
 
 class Runner:
     """Runs tools/train_net.py jobs, several at a time, and caches each finished run's result."""
 
-    def __init__(self, device: str, jobs: int, extra_opts: list):
+    def __init__(self, device: str, jobs: int, extra_opts: list, retrain: bool):
         self.device = device
         self.extra_opts = extra_opts
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.retrain = retrain
+        self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
         self.print_lock = threading.Lock()
+        self.commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     def run(self, name: str, config: Path, out_dir: Path, opts: list, depends_on: str = "") -> dict:
-        """Train and evaluate ``config``; ``depends_on`` is the key of a run this one uses (its teacher)."""
+        """Train and evaluate ``config``, or reuse its finished run; ``depends_on`` is the key of the
+        run it learns from (its teacher)."""
         opts = [*map(str, opts), "MODEL.DEVICE", self.device, *self.extra_opts, "OUTPUT_DIR", str(out_dir)]
         # The key changes with anything that changes the run: the resolved config (base files and
         # options included) and the teacher it learns from.
         key = hashlib.sha1((load_config(config, opts).dump() + depends_on).encode()).hexdigest()
         record_file = out_dir / "result.json"
-        if record_file.is_file() and json.loads(record_file.read_text())["key"] == key:
-            self.log(name, f"reused {record_file}")
-            return json.loads(record_file.read_text())
+        if not self.retrain and record_file.is_file() and (out_dir / "model_final.pth").is_file():
+            record = json.loads(record_file.read_text())
+            if record["key"] == key:
+                self.log(name, f"reused {record_file}")
+                return record
+        # detectron2 appends to metrics.json and resumes from last_checkpoint: start from nothing.
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
         command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(config), *opts]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), PYTHONWARNINGS="ignore")
-        out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with open(out_dir / "stdout.txt", "w") as stdout:
             proc = subprocess.run(command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT)
@@ -94,12 +118,14 @@ class Runner:
         metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
         final = next(m for m in reversed(metrics) if "bbox/AP" in m)
         record = {
-            "key": key, "config": str(config.relative_to(REPO)), "opts": opts,
+            "key": key, "config": str(config.relative_to(REPO)), "opts": opts, "commit": self.commit,
             "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
             "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1,
             "minutes": (time.perf_counter() - start) / 60,
         }
-        record_file.write_text(json.dumps(record, indent=1))
+        partial = record_file.with_suffix(".partial")
+        partial.write_text(json.dumps(record, indent=1))
+        partial.replace(record_file)  # a record is whole or absent
         self.log(name, f"AP {record['AP']:.1f} after {record['iters']} iterations ({record['minutes']:.1f} min)")
         return record
 
@@ -108,13 +134,15 @@ class Runner:
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {message}", flush=True)
 
 
-def mean_std(values: list) -> tuple:
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (nan for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def summarize(teacher: dict, runs: dict) -> list:
+def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
     """One row per model: AP/AP50/AP75 mean and std over seeds, the change against the student alone
-    and its standard error, and the fraction of the teacher-student AP gap that change recovers."""
+    with its standard error and Welch degrees of freedom, and the fraction of the teacher-student AP
+    gap that change recovers."""
     student_ap = [r["AP"] for r in runs["student"]]
     student_mean = statistics.fmean(student_ap)
     gap = teacher["AP"] - student_mean
@@ -125,19 +153,34 @@ def summarize(teacher: dict, runs: dict) -> list:
             row[metric], row[metric + "_std"] = mean_std([r[metric] for r in records])
         ap = [r["AP"] for r in records]
         row["delta"] = row["AP"] - student_mean
-        # Standard error of a difference of two means (Welch); nan with a single seed.
-        row["delta_se"] = math.sqrt(mean_std(ap)[1] ** 2 / len(ap) + mean_std(student_ap)[1] ** 2 / len(student_ap))
+        # Standard error of a difference of two means and its Welch-Satterthwaite degrees of freedom;
+        # nan with a single seed.
+        a, b = mean_std(ap)[1] ** 2 / len(ap), mean_std(student_ap)[1] ** 2 / len(student_ap)
+        row["delta_se"] = math.sqrt(a + b)
+        denominator = (a**2 / (len(ap) - 1) if len(ap) > 1 else math.nan) + (
+            b**2 / (len(student_ap) - 1) if len(student_ap) > 1 else math.nan
+        )
+        row["delta_dof"] = (a + b) ** 2 / denominator if denominator > 0 else math.inf
         row["gap_recovered"] = row["delta"] / gap if gap > 0 else math.nan
         rows.append(row)
     return rows
 
 
+def t_critical(dof: float) -> float:
+    """The two-sided 95% critical value of Student's t at ``dof`` degrees of freedom, rounded down
+    to the table's nearest (so never too lenient)."""
+    if dof >= 30:
+        return 1.96 if math.isinf(dof) else T_CRITICAL[30]
+    return T_CRITICAL[max(d for d in T_CRITICAL if d <= max(dof, 1))]
+
+
 def verdict(row: dict) -> str:
-    """Whether the change against the student alone stands out of seed-to-seed noise: beyond two
-    standard errors, and at least the 0.1 AP the table prints."""
+    """Whether the change against the student alone stands out of seed-to-seed noise: a Welch t-test
+    at 95% (two-sided, no correction for comparing many recipes), and at least the 0.1 AP the table
+    prints."""
     if math.isnan(row["delta_se"]):
         return "one seed"
-    if abs(row["delta"]) < max(2 * row["delta_se"], 0.1):
+    if abs(row["delta"]) < max(t_critical(row["delta_dof"]) * row["delta_se"], 0.1):
         return "within noise"
     return "helps" if row["delta"] > 0 else "hurts"
 
@@ -150,24 +193,25 @@ def _percent(fraction: float) -> str:
     return "n/a" if math.isnan(fraction) else f"{100 * fraction:+.0f}%"
 
 
-def format_markdown(teacher: dict, rows: list, sizes: dict, setting: dict, chart_name: str) -> str:
+def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict, chart_name: str) -> str:
+    """results/embedded.md: the settings, teacher and student sizes, and one row per model."""
     student, recipes = rows[0], sorted(rows[1:], key=lambda r: -r["AP"])
     seeds = ", ".join(map(str, setting["seeds"]))
     lines = [
         f"# Distillation on the embedded data set — schedule `{setting['schedule']}`",
         "",
         "Generated by `python tools/make_results.py "
-        + " ".join(setting["argv"]) + "`; do not edit by hand.",
+        + " ".join(setting["argv"]) + f"` at commit `{setting['commit']}`; do not edit by hand.",
         "",
         f"COCO box AP on `kddet_shapes_val` (200 images, 128 px). The teacher trained once "
-        f"({teacher['iters']} iterations) and every student learnt from it; the student alone and each "
-        f"recipe trained {student['iters']} iterations with seeds {seeds}; mean ± standard deviation over seeds. "
+        f"({teacher['iters']} iterations) and every recipe that needs a teacher learnt from it; the student alone "
+        f"and each recipe trained {student['iters']} iterations with seeds {seeds}; mean ± standard deviation over seeds. "
         f"Device: {setting['device']}; {setting['jobs']} run(s) at a time.",
         "",
-        "| model | parameters | GFLOPs / image |",
+        "| model | parameters | GFLOPs / image (fvcore: a multiply-add is one FLOP) |",
         "|---|---:|---:|",
-        f"| teacher (slim R18, FPN 128) | {sizes['teacher'][0]:.2f} M | {sizes['teacher'][1]:.2f} |",
-        f"| student (slim R8, FPN 64), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
+        f"| teacher (`{TEACHER_CONFIG.name}`) | {sizes['teacher'][0]:.2f} M | {sizes['teacher'][1]:.2f} |",
+        f"| student (`{STUDENT_CONFIG.name}`), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
         "",
         "| model | AP | AP50 | AP75 | ΔAP vs student | gap recovered | verdict | train+eval min/run |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
@@ -183,9 +227,11 @@ def format_markdown(teacher: dict, rows: list, sizes: dict, setting: dict, chart
     gap = teacher["AP"] - student["AP"]
     lines += [
         "",
-        f"Teacher-student gap: {gap:.1f} AP. *Gap recovered* is ΔAP / gap. *Verdict*: ΔAP beyond two standard "
-        "errors of the difference of means (Welch) *helps* or *hurts*; otherwise it is *within noise* of seed-to-seed "
-        "variation. Recipes are in `configs/shapes/<name>.yaml`; minutes are wall time with the runs sharing the machine.",
+        f"Teacher-student gap: {gap:.1f} AP. *Gap recovered* is ΔAP / gap. *Verdict*: a ΔAP that a two-sided Welch "
+        "t-test at 95% separates from the student alone (and of 0.1 AP or more) *helps* or *hurts*; otherwise it is "
+        "*within noise* of seed-to-seed variation. With many recipes tested against one baseline and no correction, "
+        "expect about one recipe in twenty to pass by chance. Recipes are in `configs/shapes/<name>.yaml`; minutes "
+        "are wall time with the runs sharing the machine.",
         "",
         f"![AP per recipe]({chart_name})",
         "",
@@ -193,7 +239,8 @@ def format_markdown(teacher: dict, rows: list, sizes: dict, setting: dict, chart
     return "\n".join(lines)
 
 
-def draw_chart(teacher: dict, rows: list, path: Path, title: str) -> None:
+def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str) -> None:
+    """A bar per model, AP mean ± std, coloured by verdict, with the teacher and student as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,8 +263,8 @@ def draw_chart(teacher: dict, rows: list, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def model_sizes(device: str) -> dict:
-    """fvcore parameters and FLOPs of teacher and student on one validation image."""
+def model_sizes(device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+    """fvcore parameters (M) and GFLOPs of teacher and student on one validation image."""
     import warnings
 
     import torch
@@ -227,7 +274,7 @@ def model_sizes(device: str) -> dict:
 
     first = DatasetCatalog.get("kddet_shapes_val")[0]
     image = torch.as_tensor(detection_utils.read_image(first["file_name"], format="BGR").transpose(2, 0, 1).copy())
-    opts = ["MODEL.DEVICE", device]
+    opts = ["MODEL.DEVICE", device, *opts]
     warnings.filterwarnings("ignore")  # tracing warnings from torch and fvcore, none actionable
     return {name: params_and_flops(load_config(config, opts), image.to(device))
             for name, config in (("teacher", TEACHER_CONFIG), ("student", STUDENT_CONFIG))}
@@ -236,44 +283,55 @@ def model_sizes(device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="the students' share of their configs' schedule")
-    parser.add_argument("--student-iters", type=int, help="students' iterations instead of the schedule's (its tag becomes custom)")
+    parser.add_argument("--student-iters", type=int, help="students' iterations instead of the schedule's")
     parser.add_argument("--teacher-iters", type=int, help="the teacher's iterations instead of its config's")
     parser.add_argument("--recipes", nargs="+", default=all_recipes(), help="recipe names in configs/shapes/ (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, help="trainings at a time (default: 2 on cpu, sharing its cores; 1 on cuda)")
-    parser.add_argument("--output", help="folder for the runs (default: output/results/<schedule>)")
+    parser.add_argument("--retrain", action="store_true", help="train every run again, reusing none")
+    parser.add_argument("--output", help="folder for the runs (default: output/results/<tag>)")
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="where the table and chart go")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options added to every run")
     args = parser.parse_args()
-    unknown = sorted(set(args.recipes) - set(all_recipes()))
+    recipes, seeds = list(dict.fromkeys(args.recipes)), list(dict.fromkeys(args.seeds))
+    unknown = sorted(set(recipes) - set(all_recipes()))
     if unknown:
         sys.exit(f"Unknown recipes {unknown}; configs/shapes/ has {all_recipes()}.")
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
     jobs = args.jobs or (2 if args.device == "cpu" else 1)
 
-    tag = args.schedule if args.student_iters is None and args.teacher_iters is None else "custom"
+    defaults = (args.student_iters, args.teacher_iters, recipes, seeds, args.opts) == (None, None, all_recipes(), SEEDS, [])
+    tag = args.schedule if defaults else "custom"
     student_iters = args.student_iters or round(load_config(STUDENT_CONFIG).SOLVER.MAX_ITER * SCHEDULES[args.schedule])
     teacher_iters = args.teacher_iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
     output = Path(args.output or REPO / "output/results" / tag).resolve()
-    runner = Runner(args.device, jobs, args.opts)
-    teacher_weights = output / "teacher" / "model_final.pth"
+    runner = Runner(args.device, jobs, args.opts, args.retrain)
+    teacher_dir = output / "teacher"
 
-    def student_run(name: str, seed: int, teacher_job=None) -> dict:
+    def student_run(name: str, seed: int) -> dict:
         config = STUDENT_CONFIG if name == "student" else CONFIGS / f"{name}.yaml"
         opts = ["SEED", seed, *schedule_opts(config, student_iters)]
         teacher_key = ""
-        if teacher_job is not None:
-            teacher_key = teacher_job.result()["key"]  # distilled runs wait for the teacher
-            opts += ["KD.TEACHER.WEIGHTS", teacher_weights]
+        if losses_need_teacher(load_config(config)):
+            teacher_key = teacher_job.result()["key"]  # waits for the teacher
+            opts += ["KD.TEACHER.WEIGHTS", teacher_dir / "model_final.pth"]
+            if args.opts:  # the teacher as trained, with the same extra options
+                opts += ["KD.TEACHER.CONFIG_FILE", teacher_dir / "config.yaml"]
         return runner.run(f"{name} seed {seed}", config, output / name / f"seed{seed}", opts, teacher_key)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
-        teacher_job = pool.submit(runner.run, "teacher", TEACHER_CONFIG, output / "teacher", schedule_opts(TEACHER_CONFIG, teacher_iters))
-        jobs_by_name = {"student": [pool.submit(student_run, "student", seed) for seed in args.seeds]}
-        for name in args.recipes:
-            jobs_by_name[name] = [pool.submit(student_run, name, seed, teacher_job) for seed in args.seeds]
+        # Submitted first, the teacher starts before any run can wait for it, whatever the pool size.
+        teacher_job = pool.submit(runner.run, "teacher", TEACHER_CONFIG, teacher_dir, schedule_opts(TEACHER_CONFIG, teacher_iters))
+        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds] for name in ["student", *recipes]}
+        try:
+            teacher_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
+            for job in sum(jobs_by_name.values(), []):
+                job.exception()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     # A failed teacher fails every distilled run with the same message: report it once.
     failures = list(dict.fromkeys(str(job.exception()) for job in [teacher_job, *sum(jobs_by_name.values(), [])] if job.exception()))
     if failures:
@@ -281,12 +339,12 @@ def main() -> None:
 
     teacher = teacher_job.result()
     rows = summarize(teacher, {name: [job.result() for job in jobs] for name, jobs in jobs_by_name.items()})
-    setting = {"schedule": tag, "seeds": args.seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:]}
+    setting = {"schedule": tag, "seeds": seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:], "commit": runner.commit}
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = "embedded" if tag == "full" else f"embedded_{tag}"
     draw_chart(teacher, rows, results_dir / f"{stem}.png", f"kddet on the embedded data set, schedule {tag}")
-    markdown = format_markdown(teacher, rows, model_sizes(args.device), setting, f"{stem}.png")
+    markdown = format_markdown(teacher, rows, model_sizes(args.device, args.opts), setting, f"{stem}.png")
     (results_dir / f"{stem}.md").write_text(markdown)
     print(f"\n{markdown}\nWritten {results_dir / stem}.md and .png in {(time.perf_counter() - start) / 60:.1f} min.")
 

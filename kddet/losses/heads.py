@@ -5,21 +5,15 @@ them out as one row per anchor (level, then y, x, then anchor), the order of the
 the labels ``label_and_sample_anchors`` returns. The RoI head already has one row per sampled
 proposal; for class-specific box deltas, the row's ground-truth class picks the 4 columns.
 """
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
-from torch import nn
-
-from detectron2.config import configurable
 
 from detectron2.layers import cat, nonzero_tuple
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-from .build import DistillationBatch, weighted
-
 __all__ = [
-    "RoIRelationLoss",
     "class_weights",
     "gt_class_deltas",
     "mean_over_images",
@@ -102,26 +96,3 @@ def mean_over_images(
         return student_rows.float().sum() * 0.0
     return torch.stack(losses).mean()
 
-
-class RoIRelationLoss(nn.Module):
-    """A relation loss between student and teacher box-head features of the same RoIs, per image:
-    subclasses set ``relation_loss(student, teacher)``; their node is ``KD.<class name upper-cased>``
-    with a ``WEIGHT``."""
-
-    needs = ("box_features", "proposals")
-    relation_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-    @configurable
-    def __init__(self, *, weight: float):
-        super().__init__()
-        self.weight = weight
-
-    @classmethod
-    def from_config(cls, cfg, student_shapes, teacher_shapes):
-        return {"weight": cfg.KD[cls.__name__.upper()].WEIGHT}
-
-    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        loss = mean_over_images(
-            self.relation_loss, batch.student["box_features"], batch.teacher["box_features"], batch.student["proposals"]
-        )
-        return weighted(type(self).__name__.lower(), self.weight, loss)

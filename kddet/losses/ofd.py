@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.utils import comm
 from detectron2.layers import ShapeSpec
+from detectron2.utils import comm
 
 from ..adapters import build_adapter
 from .build import KD_LOSS_REGISTRY, DistillationBatch
@@ -39,7 +39,8 @@ class NegativeMeanEstimate(nn.Module):
         totals = torch.stack([(values * negative).sum(dim=1), negative.sum(dim=1).float()])
         if comm.get_world_size() > 1:
             # Each process sees its own images; the margins must be those of the whole batch, the
-            # same everywhere, or DDP's replicas would optimise different losses.
+            # same everywhere, or DDP's replicas would optimise different losses. (A collective:
+            # every process runs OFD at every step, as every loss does.)
             torch.distributed.all_reduce(totals)
         negative_sum, count = totals
         batch_mean = negative_sum / count.clamp(min=1)

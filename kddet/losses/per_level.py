@@ -17,7 +17,8 @@ class PerLevelFeatureLoss(nn.Module):
     """Subclasses define ``level_loss(level, student_adapted, teacher)`` and, when the student is
     adapted, ``build_adapter(node, student channels, teacher channels)`` (identity otherwise); their
     config node is ``KD.<class name upper-cased>``, and ``from_config`` may add options of their own
-    to what this one returns."""
+    to what this one returns. A loss that compares levels jointly (FSP) overrides ``forward`` instead
+    of ``level_loss`` and keeps the adapters, weight and levels."""
 
     needs = ("features",)
 

@@ -12,7 +12,7 @@ import torch
 
 from .build import KD_LOSS_REGISTRY, DistillationBatch
 from .heads import rpn_rows
-from .rcn_soft_cls import SoftClassification
+from .soft_cls import SoftClassification
 
 __all__ = ["RPNSoftCls", "objectness_as_two_classes"]
 

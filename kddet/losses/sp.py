@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from .build import KD_LOSS_REGISTRY
-from .heads import RoIRelationLoss
+from .roi_relation import RoIRelationLoss
 
 __all__ = ["SP", "sp_loss"]
 
