@@ -172,3 +172,24 @@ def test_build_teacher_scores_what_the_teacher_scored_alone(cfg, teacher_alone, 
 def test_teacher_inside_the_trained_model_still_scores_what_it_scored_alone(trained, teacher_alone, test_inputs):
     model, _ = trained
     assert_same_predictions(predictions(model.teacher, test_inputs), predictions(teacher_alone, test_inputs))
+
+
+def test_a_non_finite_distillation_loss_stops_training_naming_its_node(cfg, train_images, monkeypatch):
+    model = build_model(cfg).train()
+    monkeypatch.setattr(type(model.kd_losses.fitnet), "level_loss", lambda self, level, s, t: (s - t).pow(2).mean() * torch.inf)
+    with EventStorage(7), pytest.raises(FloatingPointError) as error:
+        model(next(train_batches(cfg, train_images, 1)))
+    message = str(error.value)
+    assert "loss_kd_fitnet = inf" in message and "iteration 7" in message and "KD.FITNET" in message
+
+
+def test_a_diverged_student_points_at_the_distillation_weights(cfg, train_images, monkeypatch):
+    model = build_model(cfg).train()
+
+    def diverged(*args, **kwargs):
+        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+
+    monkeypatch.setattr(model.proposal_generator, "forward", diverged)
+    with EventStorage(0), pytest.raises(FloatingPointError) as error:
+        model(next(train_batches(cfg, train_images, 1)))
+    assert "Training has diverged" in str(error.value) and "KD.FITNET" in str(error.value)
