@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_cfg(config: str, opts):
-
     cfg = get_cfg()
     add_kddet_config(cfg)
     cfg.merge_from_file(config)
