@@ -5,7 +5,8 @@ Trains the teacher once, then the student alone and each recipe of configs/shape
 seed, all through tools/train_net.py (each run ends with COCO evaluation on kddet_shapes_val),
 and writes results/embedded.md (AP, AP50, AP75 mean ± std over seeds, the change against the
 student, the fraction of the teacher-student gap recovered, parameters and FLOPs) and
-results/embedded.png. Runs go to output/results/<schedule>/<name>/seed<N>/. A finished run is
+results/embedded.png. Runs go to output/results/<tag>/<name>/seed<N>/, and the teacher to
+output/results/teacher/, shared by every tag that trains it as its config says. A finished run is
 reused while its resolved config (output folder included) and its teacher are unchanged, so an
 interrupted call picks up where it stopped and the table can be rebuilt without training; after
 changing kddet's code, pass --retrain. Any choice other than a schedule's defaults (recipes,
@@ -43,6 +44,7 @@ NOT_RECIPES = {"Base-Shapes", "teacher_slim_r18", "student_slim_r8"}
 # Fraction of each config's own schedule the students train for; the teacher always trains its full
 # schedule, since every student of a table learns from the same teacher.
 # At a third (100 iterations) the students scored about 1 AP, too early to compare recipes.
+# Warm-ups keep their length (see schedule_opts): at half length KD and the virtual teacher diverged.
 SCHEDULES = {"full": 1.0, "cpu-short": 1 / 2}
 SEEDS = [1, 2, 3]
 # Two-sided 95% critical values of Student's t by degrees of freedom (scipy is not a dependency).
@@ -67,17 +69,18 @@ def load_config(path: Path, opts: Sequence = ()):
 
 
 def schedule_opts(config: Path, iters: int) -> list:
-    """Options that train ``config`` for ``iters`` iterations, with its LR steps and warm-up, and the
-    warm-ups of its losses (FGFI's ``WARMUP_ITERS``), scaled alike."""
+    """Options that train ``config`` for ``iters`` iterations: its LR steps scale with the schedule,
+    its warm-ups (the LR's, and a loss's ``WARMUP_ITERS`` such as FGFI's) do not, since a student is
+    as fragile in its first steps however long it then trains; they are capped at half the schedule."""
     cfg = load_config(config)
     scale = iters / cfg.SOLVER.MAX_ITER
     # fvcore wants increasing milestones in [1, iters): on very short schedules steps merge.
     steps = tuple(sorted({min(max(1, round(s * scale)), iters - 1) for s in cfg.SOLVER.STEPS} - {0}))
-    opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))]
+    opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", min(cfg.SOLVER.WARMUP_ITERS, iters // 2)]
     for loss in cfg.KD.LOSSES:
         node = cfg.KD[loss.upper()]
         if "WARMUP_ITERS" in node:
-            opts += [f"KD.{loss.upper()}.WARMUP_ITERS", round(node.WARMUP_ITERS * scale)]
+            opts += [f"KD.{loss.upper()}.WARMUP_ITERS", min(node.WARMUP_ITERS, iters // 2)]
     return opts
 
 
@@ -291,7 +294,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, help="trainings at a time (default: 2 on cpu, sharing its cores; 1 on cuda)")
     parser.add_argument("--retrain", action="store_true", help="train every run again, reusing none")
-    parser.add_argument("--output", help="folder for the runs (default: output/results/<tag>)")
+    parser.add_argument("--output", default=str(REPO / "output/results"), help="folder for the runs, one subfolder per tag")
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="where the table and chart go")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options added to every run")
     args = parser.parse_args()
@@ -306,9 +309,10 @@ def main() -> None:
     tag = args.schedule if defaults else "custom"
     student_iters = args.student_iters or round(load_config(STUDENT_CONFIG).SOLVER.MAX_ITER * SCHEDULES[args.schedule])
     teacher_iters = args.teacher_iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
-    output = Path(args.output or REPO / "output/results" / tag).resolve()
+    output = Path(args.output).resolve() / tag
     runner = Runner(args.device, jobs, args.opts, args.retrain)
-    teacher_dir = output / "teacher"
+    # A teacher trained as its config says serves every tag; another one stays in its tag's folder.
+    teacher_dir = (output if args.teacher_iters or args.opts else output.parent) / "teacher"
 
     def student_run(name: str, seed: int) -> dict:
         config = STUDENT_CONFIG if name == "student" else CONFIGS / f"{name}.yaml"
