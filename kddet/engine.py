@@ -5,15 +5,36 @@ from detectron2.engine import DefaultTrainer, default_setup
 from .config import add_kddet_config
 from .evaluation import build_evaluator
 
-__all__ = ["Trainer", "setup_cfg", "student_only"]
+__all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer; only the evaluator differs (chosen by data set type)."""
+    """detectron2's DefaultTrainer, with the evaluator chosen by data set type and a divergence
+    that names what to change."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    def run_step(self):
+        # detectron2 raises FloatingPointError when the RPN's boxes or the summed losses turn Inf/NaN,
+        # the latter before the optimizer steps; checking here costs no extra device sync.
+        try:
+            super().run_step()
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error}\n{divergence_hint(self.cfg)}") from error
+
+
+def divergence_hint(cfg: CfgNode) -> str:
+    """What to change when training with ``cfg`` diverges."""
+    if not cfg.KD.LOSSES:
+        return "Training diverged: lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS."
+    nodes = ", ".join(f"KD.{name.upper()}" for name in cfg.KD.LOSSES)
+    return (
+        f"Training diverged with distillation losses on ({nodes}). A distillation term that outweighs the "
+        "detector's own losses can do this: lower the weight in its node, or SOLVER.BASE_LR, or lengthen "
+        "SOLVER.WARMUP_ITERS."
+    )
 
 
 def setup_cfg(args) -> CfgNode:

@@ -1,4 +1,6 @@
 """DistillationRCNN keeps the teacher frozen and outside the student, and in eval mode *is* the student."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, TEACHER_CONFIG, load_config
+from kddet.engine import Trainer, divergence_hint
 from kddet.modeling import DistillationRCNN
 from kddet.teacher import build_teacher
 
@@ -179,22 +182,39 @@ def test_teacher_inside_the_trained_model_still_scores_what_it_scored_alone(trai
     assert_same_predictions(predictions(model.teacher, test_inputs), predictions(teacher_alone, test_inputs))
 
 
-def test_a_non_finite_distillation_loss_stops_training_naming_its_node(cfg, train_images, monkeypatch):
-    model = build_model(cfg).train()
-    monkeypatch.setattr(type(model.kd_losses.fitnet), "level_loss", lambda self, level, s, t: (s - t).pow(2).mean() * torch.inf)
-    with EventStorage(7), pytest.raises(FloatingPointError) as error:
-        model(next(train_batches(cfg, train_images, 1)))
+def trainer_at(cfg, iteration, tmp_path):
+    """kddet's Trainer on ``cfg``, about to run step ``iteration``."""
+    cfg = cfg.clone()
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2])
+    trainer = Trainer(cfg)
+    trainer.iter = iteration
+    return trainer
+
+
+def test_a_non_finite_distillation_loss_stops_training_before_the_step_naming_its_node(cfg, monkeypatch, tmp_path):
+    trainer = trainer_at(cfg, 7, tmp_path)
+    monkeypatch.setattr(type(trainer.model.kd_losses.fitnet), "level_loss", lambda self, level, s, t: (s - t).pow(2).mean() * torch.inf)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    with EventStorage(7) as trainer.storage, pytest.raises(FloatingPointError) as error:
+        trainer.run_step()
     message = str(error.value)
-    assert "loss_kd_fitnet = inf" in message and "iteration 7" in message and "KD.FITNET" in message
+    assert "iteration=7" in message and re.search(r"'loss_kd_fitnet': (np\.float64\()?inf", message) and "KD.FITNET" in message
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.named_parameters())  # no step taken
 
 
-def test_a_diverged_student_points_at_the_distillation_weights(cfg, train_images, monkeypatch):
-    model = build_model(cfg).train()
+def test_a_diverged_student_points_at_the_distillation_weights(cfg, monkeypatch, tmp_path):
+    trainer = trainer_at(cfg, 0, tmp_path)
 
     def diverged(*args, **kwargs):
         raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
 
-    monkeypatch.setattr(model.proposal_generator, "forward", diverged)
-    with EventStorage(0), pytest.raises(FloatingPointError) as error:
-        model(next(train_batches(cfg, train_images, 1)))
+    monkeypatch.setattr(trainer.model.proposal_generator, "forward", diverged)
+    with EventStorage(0) as trainer.storage, pytest.raises(FloatingPointError) as error:
+        trainer.run_step()
     assert "Training has diverged" in str(error.value) and "KD.FITNET" in str(error.value)
+
+
+def test_a_diverged_plain_student_points_at_the_learning_rate(cfg):
+    plain = cfg.clone()
+    plain.merge_from_list(["MODEL.META_ARCHITECTURE", "GeneralizedRCNN", "KD.LOSSES", []])
+    assert "KD." not in divergence_hint(plain) and "SOLVER.BASE_LR" in divergence_hint(plain)

@@ -5,7 +5,6 @@ DDP see the student and the distillation adapters only. The teacher is held outs
 tree: it never enters ``state_dict()``, ``parameters()`` or ``train()``; it stays in eval mode
 and runs under ``no_grad``. In eval mode the model returns exactly what the student returns.
 """
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -20,8 +19,6 @@ from ..losses import DistillationBatch, build_kd_losses, losses_need_teacher
 from ..teacher import build_teacher, check_same_anchors, teacher_images
 
 __all__ = ["DistillationRCNN"]
-
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -66,11 +63,8 @@ class DistillationRCNN(GeneralizedRCNN):
         if not self.training:
             return super().forward(batched_inputs)
         sources = {need: STUDENT_SOURCES[need] for need in self._needs}
-        try:
-            with Recorder(self, sources) as recorder:
-                losses = super().forward(batched_inputs)
-        except FloatingPointError as error:  # detectron2's "boxes or scores contain Inf/NaN"
-            raise FloatingPointError(f"{error}\n{self._divergence_hint()}") from error
+        with Recorder(self, sources) as recorder:
+            losses = super().forward(batched_inputs)
         batch = DistillationBatch(
             student=recorder.records,
             teacher=self._teacher_records(batched_inputs, recorder.records),
@@ -83,19 +77,7 @@ class DistillationRCNN(GeneralizedRCNN):
             for name, scale in getattr(loss, "student_loss_scale", {}).items():
                 losses[name] = losses[name] * scale
             losses.update(loss(batch))
-        kd_losses = {name: value for name, value in losses.items() if name.startswith("loss_kd_")}
-        if kd_losses and not torch.isfinite(torch.stack(list(kd_losses.values()))).all():
-            values = ", ".join(f"{name} = {value.item():.4g}" for name, value in kd_losses.items())
-            raise FloatingPointError(f"A distillation loss is not finite ({values}).\n{self._divergence_hint()}")
         return losses
-
-    def _divergence_hint(self) -> str:
-        nodes = ", ".join(f"KD.{type(loss).__name__.upper()}" for loss in self.kd_losses.values())
-        return (
-            f"Training diverged at iteration {get_event_storage().iter} with distillation losses on ({nodes or 'none'}). "
-            "A distillation term that outweighs the detector's own losses can do this: lower the weight in its "
-            "node, or SOLVER.BASE_LR, or lengthen SOLVER.WARMUP_ITERS."
-        )
 
     @torch.no_grad()
     def _teacher_records(self, batched_inputs: List[Dict], student: Dict) -> Dict:
