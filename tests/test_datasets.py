@@ -1,9 +1,11 @@
 """The data sets kddet trains and scores on: detectron2's builtin VOC 2007 and COCO 2017 loaders and
 kddet's evaluators, on tiny fixtures in the on-disk formats, and the embedded shapes data set."""
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -209,6 +211,29 @@ def test_shapes_generation_is_deterministic(tmp_path, monkeypatch):
     assert len(files) == 13 and files == sorted(p.name for p in second.iterdir())
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def generate_then_read(root, delay):
+    time.sleep(delay)
+    for record in shapes.load_shapes(root, "val"):
+        Image.open(record["file_name"]).load()  # as training would, while later runs still write
+
+
+def test_runs_that_generate_one_split_at_once_all_succeed_and_agree(tmp_path, monkeypatch):
+    monkeypatch.setitem(shapes.SPLITS, "val", shapes.Split(num_images=40, seed=shapes.SPLITS["val"].seed))
+    fork = multiprocessing.get_context("fork")  # the children see the patched split
+    runs = [fork.Process(target=generate_then_read, args=(tmp_path / "shared", 0.05 * i)) for i in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+    assert [run.exitcode for run in runs] == [0] * len(runs)
+    alone = shapes.generate_split(tmp_path / "alone", "val").parent
+    shared = tmp_path / "shared/val"
+    files = sorted(p.name for p in alone.iterdir())
+    assert files == sorted(p.name for p in shared.iterdir())  # no partial files left behind
+    for name in files:
+        assert (shared / name).read_bytes() == (alone / name).read_bytes(), name
 
 
 def test_shapes_ground_truth_scores_perfect_with_the_coco_evaluator(datasets_root, tmp_path):

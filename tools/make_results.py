@@ -303,6 +303,10 @@ def main() -> None:
     if unknown:
         sys.exit(f"Unknown recipes {unknown}; configs/shapes/ has {all_recipes()}.")
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
+    from detectron2.data import DatasetCatalog
+
+    for split in ("kddet_shapes_train", "kddet_shapes_val"):
+        DatasetCatalog.get(split)  # generated once here rather than by the first runs at once
     jobs = args.jobs or (2 if args.device == "cpu" else 1)
 
     defaults = (args.student_iters, args.teacher_iters, recipes, seeds, args.opts) == (None, None, all_recipes(), SEEDS, [])

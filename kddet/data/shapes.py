@@ -134,7 +134,11 @@ def _render(rng: np.random.Generator):
 
 
 def generate_split(root: Path, split: str) -> Path:
-    """Write a split's PNGs and ``index.json`` under ``root/split``; return the index path."""
+    """Write a split's PNGs and ``index.json`` under ``root/split``; return the index path.
+
+    Every file is written under a name of this process's and then renamed into place, so runs that
+    start together (``make results`` trains two at a time) may generate the same split at once: the
+    content is the same, and none of them reads a half-written image or index."""
     spec = SPLITS[split]
     out_dir = root / split
     index_file = out_dir / "index.json"
@@ -146,11 +150,13 @@ def generate_split(root: Path, split: str) -> Path:
     for image_id in range(spec.num_images):
         image, annotations = _render(rng)
         file_name = out_dir / f"{image_id:05d}.png"
-        Image.fromarray(image).save(file_name)
+        partial = out_dir / f".{file_name.name}.{os.getpid()}"
+        Image.fromarray(image).save(partial, format="PNG")
+        partial.replace(file_name)
         records.append({"file_name": file_name.name, "image_id": image_id, "annotations": annotations})
-    tmp = index_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": FORMAT_VERSION, "images": records}))
-    tmp.replace(index_file)  # atomic: a half-written split is never taken as done
+    partial = out_dir / f".index.json.{os.getpid()}"
+    partial.write_text(json.dumps({"version": FORMAT_VERSION, "images": records}))
+    partial.replace(index_file)  # last: a split without its index is never taken as done
     return index_file
 
 
