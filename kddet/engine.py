@@ -9,8 +9,8 @@ __all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer, with the evaluator chosen by data set type and a divergence
-    that names what to change."""
+    """detectron2's DefaultTrainer, with the evaluator chosen by data set type and divergence errors
+    that say what to change."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
