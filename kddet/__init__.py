@@ -1,9 +1,9 @@
 """kddet: knowledge distillation for Faster R-CNN detectors on detectron2."""
 from . import compat  # noqa: F401  (must run before detectron2's layers are imported)
 from . import modeling  # noqa: F401  (registers the meta-architecture and backbone)
-from .config import add_kddet_config
+from .config import add_kddet_config, load_config
 from .data.shapes import register_shapes
 
 register_shapes()
 
-__all__ = ["add_kddet_config"]
+__all__ = ["add_kddet_config", "load_config"]

@@ -5,9 +5,22 @@ file and weights under ``KD.TEACHER``; nothing of detectron2's defaults is copie
 ``KD.LOSSES`` lists the distillation losses to switch on, by registered name; each loss reads
 its own node ``KD.<NAME>`` (weight, the feature levels it reads, its options).
 """
-from detectron2.config import CfgNode as CN
+from typing import Sequence
 
-__all__ = ["add_kddet_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_kddet_config", "load_config"]
+
+
+def load_config(path: str, opts: Sequence = ()) -> CN:
+    """detectron2's defaults with kddet's nodes, then the file at ``path``, then ``opts``
+    (KEY VALUE ...); not frozen."""
+    cfg = get_cfg()
+    add_kddet_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_kddet_config(cfg: CN) -> None:

@@ -1,8 +1,8 @@
 """The trainer and config set-up shared by tools/train_net.py and the demo."""
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup
 
-from .config import add_kddet_config
+from .config import load_config
 from .evaluation import build_evaluator
 
 __all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
@@ -39,10 +39,7 @@ def divergence_hint(cfg: CfgNode) -> str:
 
 def setup_cfg(args) -> CfgNode:
     """detectron2's config from ``--config-file`` and opts, with kddet's nodes added first."""
-    cfg = get_cfg()
-    add_kddet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

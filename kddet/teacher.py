@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import ImageList
 
-from .config import add_kddet_config
+from .config import load_config
 
 __all__ = [
     "load_teacher_config",
@@ -34,9 +34,7 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
             f"Teacher config file not found: {os.path.abspath(path)}. Set KD.TEACHER.CONFIG_FILE to the config "
             "the teacher was trained with."
         )
-    teacher_cfg = get_cfg()
-    add_kddet_config(teacher_cfg)
-    teacher_cfg.merge_from_file(path)
+    teacher_cfg = load_config(path)
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = cfg.KD.TEACHER.WEIGHTS
     return teacher_cfg

@@ -10,10 +10,9 @@ import torch
 
 import kddet  # noqa: F401  (shims and registrations first)
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from kddet import add_kddet_config
+import kddet.config
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = REPO / "configs/shapes/teacher_slim_r18.yaml"
@@ -29,11 +28,7 @@ def datasets_root(tmp_path_factory) -> Path:
 
 
 def load_config(path, *opts):
-    cfg = get_cfg()
-    add_kddet_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return kddet.config.load_config(path, opts)
 
 
 @pytest.fixture(scope="session")

@@ -21,21 +21,10 @@ from pathlib import Path
 
 import torch
 
-import kddet  # noqa: F401  (compat shims and registrations come first, in every child too)
-from detectron2.config import get_cfg
-
-from kddet import add_kddet_config
+from kddet import load_config  # compat shims and registrations come first, in every child too
 from kddet.complexity import params_and_flops
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_cfg(config: str, opts):
-    cfg = get_cfg()
-    add_kddet_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def _sync(device: str) -> None:
@@ -54,7 +43,7 @@ def measure_training(config: str, opts, batches_file: str, warmup: int, repeats:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    cfg = load_cfg(config, opts)
+    cfg = load_config(config, opts)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
@@ -83,7 +72,7 @@ def measure_teacher_forward(config: str, opts, batches_file: str, warmup: int, r
     """Child process: median inference forward of the teacher on the same batches."""
     from detectron2.modeling import build_model
 
-    cfg = load_cfg(config, opts)
+    cfg = load_config(config, opts)
     model = build_model(cfg).eval()
     batches = torch.load(batches_file, weights_only=False)
     device = cfg.MODEL.DEVICE
@@ -126,11 +115,11 @@ def main() -> None:
     from detectron2.modeling import build_model
 
     common = ["MODEL.DEVICE", args.device, "SOLVER.IMS_PER_BATCH", str(args.batch_size), "DATALOADER.NUM_WORKERS", "0"]
-    student_cfg = load_cfg(args.student, common)
-    teacher_config = load_cfg(args.recipes[0], common).KD.TEACHER.CONFIG_FILE
+    student_cfg = load_config(args.student, common)
+    teacher_config = load_config(args.recipes[0], common).KD.TEACHER.CONFIG_FILE
     with tempfile.TemporaryDirectory() as tmp:
         # Timing does not depend on the weights' values: a freshly built teacher stands in.
-        teacher = build_model(load_cfg(teacher_config, common))
+        teacher = build_model(load_config(teacher_config, common))
         DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
         teacher_opts = common + ["KD.TEACHER.WEIGHTS", f"{tmp}/teacher.pth"]
         loader = iter(build_detection_train_loader(student_cfg))
@@ -144,7 +133,7 @@ def main() -> None:
         for recipe in args.recipes:
             rows.append((Path(recipe).stem, in_child(measure_training, recipe, teacher_opts, *timing)))
         image = batches[0][0]["image"]
-        sizes = {"teacher": params_and_flops(load_cfg(teacher_config, common), image),
+        sizes = {"teacher": params_and_flops(load_config(teacher_config, common), image),
                  "student": params_and_flops(student_cfg, image)}
 
     memory = "peak GPU memory (MiB)" if args.device.startswith("cuda") else "peak RSS (MiB)"

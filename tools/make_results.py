@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
-from kddet import add_kddet_config
+from kddet import load_config
 from kddet.losses import losses_need_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,17 +55,6 @@ T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8:
 def all_recipes() -> List[str]:
     """The recipe names of configs/shapes/: every config there but the bases, teacher and student."""
     return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in NOT_RECIPES)
-
-
-def load_config(path: Path, opts: Sequence = ()):
-    """A detectron2 config with kddet's nodes, from ``path`` and ``opts``."""
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_kddet_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
 
 
 def schedule_opts(config: Path, iters: int) -> list:

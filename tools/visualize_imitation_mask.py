@@ -20,14 +20,14 @@ import cv2
 import numpy as np
 import torch
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 
-from kddet import add_kddet_config
+from kddet import load_config
 from kddet.losses.fgfi import imitation_masks
 
 MASK_COLOR = np.array([255, 64, 0], dtype=np.float32)  # RGB
@@ -46,10 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_kddet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
