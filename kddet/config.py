@@ -36,6 +36,14 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.TEACHER.CONFIG_FILE = ""
     cfg.KD.TEACHER.WEIGHTS = ""
     cfg.KD.LOSSES = []
+    # Loss-scale balancing (kddet/balance.py): each loss is measured for ITERS iterations in which
+    # it acts (zeroed meanwhile), then held at RATIO times the detector's own losses, whatever its
+    # configured WEIGHT. LOSSES: the KD.LOSSES names to balance; empty balances all of them.
+    cfg.KD.BALANCE = CN()
+    cfg.KD.BALANCE.ENABLED = False
+    cfg.KD.BALANCE.RATIO = 0.5
+    cfg.KD.BALANCE.ITERS = 20
+    cfg.KD.BALANCE.LOSSES = []
 
     # FitNets hints (Romero et al. 2015): 1/2 mean (F_T - r(F_S))^2, mean over IN_FEATURES.
     cfg.KD.FITNET = CN()

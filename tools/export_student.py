@@ -6,9 +6,9 @@
         MODEL.WEIGHTS output/shapes/fitnet/student.pth
 
 tools/train_net.py saves the student together with the distillation losses' own layers (the
-adapters under ``kd_losses.``) and the optimizer, scheduler and iteration it would resume from.
-The exported file holds the student's weights only, so that the student's plain GeneralizedRCNN
-config loads it with no missing or unexpected keys. The teacher is never in the checkpoint.
+adapters under ``kd_losses.``, the balanced weights under ``kd_balancer.``) and the optimizer,
+scheduler and iteration it would resume from. The exported file holds the student's weights
+only, so that the student's plain GeneralizedRCNN config loads it with no missing or unexpected keys. The teacher is never in the checkpoint.
 """
 import argparse
 import sys
@@ -17,14 +17,14 @@ from typing import Dict
 
 import torch
 
-DISTILLATION_PREFIX = "kd_losses."
+DISTILLATION_PREFIXES = ("kd_losses.", "kd_balancer.")  # the losses' adapters, the balancer's scales
 
 
 def student_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     """The ``model`` entry of a detectron2 checkpoint without the distillation losses' parameters."""
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError("not a checkpoint saved by detectron2's DetectionCheckpointer (it has no 'model' entry)")
-    return {k: v for k, v in checkpoint["model"].items() if not k.startswith(DISTILLATION_PREFIX)}
+    return {k: v for k, v in checkpoint["model"].items() if not k.startswith(DISTILLATION_PREFIXES)}
 
 
 def export_student(source: Path, target: Path, force: bool = False) -> Dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
 
+from ..balance import LossBalancer
 from ..capture import STUDENT_SOURCES, Recorder
 from ..losses import DistillationBatch, build_kd_losses, losses_need_teacher
 from ..teacher import build_teacher, check_same_anchors, teacher_images
@@ -21,19 +22,40 @@ from ..teacher import build_teacher, check_same_anchors, teacher_images
 __all__ = ["DistillationRCNN"]
 
 
+def build_balancer(cfg, kd_losses: nn.ModuleDict) -> Optional[LossBalancer]:
+    """The balancer of ``KD.BALANCE`` over the losses it names (all enabled ones when it names none)."""
+    node = cfg.KD.BALANCE
+    if not node.ENABLED:
+        return None
+    names = [name.lower() for name in node.LOSSES] or list(kd_losses)
+    unknown = sorted(set(names) - set(kd_losses))
+    if unknown:
+        raise ValueError(f"KD.BALANCE.LOSSES names {unknown}, which are not in KD.LOSSES = {list(cfg.KD.LOSSES)}.")
+    return LossBalancer(names, node.RATIO, node.ITERS)
+
+
 @META_ARCH_REGISTRY.register()
 class DistillationRCNN(GeneralizedRCNN):
     @configurable
-    def __init__(self, *, teacher: Optional[GeneralizedRCNN], kd_losses: nn.ModuleDict, **student_kwargs):
+    def __init__(
+        self,
+        *,
+        teacher: Optional[GeneralizedRCNN],
+        kd_losses: nn.ModuleDict,
+        kd_balancer: Optional[LossBalancer] = None,
+        **student_kwargs,
+    ):
         """
         Args:
             teacher: the frozen teacher, or None when no enabled loss needs one.
             kd_losses: distillation losses by name, each with ``needs`` and ``forward(batch)``.
+            kd_balancer: sets the weights of (some of) ``kd_losses`` from the run (``KD.BALANCE``).
             student_kwargs: GeneralizedRCNN's arguments for the student.
         """
         super().__init__(**student_kwargs)
         object.__setattr__(self, "teacher", teacher)  # not a submodule: see the module docstring
         self.kd_losses = kd_losses
+        self.kd_balancer = kd_balancer
         self._needs = {need for loss in kd_losses.values() for need in loss.needs}
         if self._needs & {"box_features", "predictions"}:
             self._needs.add("proposals")  # the teacher's box head runs on the student's proposals
@@ -47,7 +69,7 @@ class DistillationRCNN(GeneralizedRCNN):
         student_shapes = student_kwargs["backbone"].output_shape()
         teacher_shapes = teacher.backbone.output_shape() if teacher is not None else {}
         kd_losses = build_kd_losses(cfg, student_shapes, teacher_shapes)
-        return dict(student_kwargs, teacher=teacher, kd_losses=kd_losses)
+        return dict(student_kwargs, teacher=teacher, kd_losses=kd_losses, kd_balancer=build_balancer(cfg, kd_losses))
 
     def _check_teacher_fits(self) -> None:
         student_div, teacher_div = self.backbone.size_divisibility, self.teacher.backbone.size_divisibility
@@ -76,7 +98,11 @@ class DistillationRCNN(GeneralizedRCNN):
             # A loss may reweight a term of the student's own (Chen et al.: mu * hard + (1 - mu) * soft).
             for name, scale in getattr(loss, "student_loss_scale", {}).items():
                 losses[name] = losses[name] * scale
-            losses.update(loss(batch))
+        terms_by_loss = {name: loss(batch) for name, loss in self.kd_losses.items()}
+        if self.kd_balancer is not None:
+            terms_by_loss = self.kd_balancer(sum(losses.values()), terms_by_loss)
+        for terms in terms_by_loss.values():
+            losses.update(terms)
         return losses
 
     @torch.no_grad()
