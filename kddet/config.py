@@ -50,6 +50,7 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.FITNET.WEIGHT = 1.0
     cfg.KD.FITNET.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     cfg.KD.FITNET.ADAPTER = "conv1x1"  # or "conv3x3"
+    cfg.KD.FITNET.STANDARDIZE_TARGET = False  # True: regress each teacher channel standardised (PKD's norm)
 
     # Feature level beyond FitNets. WEIGHT is the paper's lambda / beta where it has one.
     # FGFI (Wang et al. 2019): hints only where the student's anchors match a GT box.
@@ -60,6 +61,7 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.FGFI.PSI = 0.5  # a box's threshold is PSI * its best anchor IoU
     cfg.KD.FGFI.MAX_IOU_PER_LEVEL = False  # True: the best IoU of each level, not of all levels
     cfg.KD.FGFI.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
+    cfg.KD.FGFI.STANDARDIZE_TARGET = False  # as KD.FITNET.STANDARDIZE_TARGET
     # NST (Huang & Wang 2017): MMD between channel distributions; widths may differ.
     cfg.KD.NST = CN()
     cfg.KD.NST.WEIGHT = 1.0

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from ..adapters import build_adapter
 from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .pkd import standardise_channels
 
 __all__ = ["FGFI", "fgfi_loss", "imitation_masks"]
 
@@ -98,6 +99,7 @@ class FGFI(nn.Module):
         psi: float,
         max_iou_per_level: bool,
         warmup_iters: int,
+        standardize_target: bool = False,
     ):
         """
         Args:
@@ -105,6 +107,8 @@ class FGFI(nn.Module):
                 list (the RPN's ``in_features``); a box's best IoU is sought over all of them.
             warmup_iters: no imitation before this iteration (the official code's 400), while the
                 student's RPN and heads find their feet.
+            standardize_target: imitate the teacher's map with each channel standardised over the
+                batch (as PKD does), so that the target's scale does not depend on the teacher's FPN.
         """
         super().__init__()
         self.weight = weight
@@ -114,6 +118,7 @@ class FGFI(nn.Module):
         self.psi = psi
         self.max_iou_per_level = max_iou_per_level
         self.warmup_iters = warmup_iters
+        self.standardize_target = standardize_target
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -137,6 +142,7 @@ class FGFI(nn.Module):
             "psi": node.PSI,
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
             "warmup_iters": node.WARMUP_ITERS,
+            "standardize_target": node.STANDARDIZE_TARGET,
         }
 
     def masks(self, batch: DistillationBatch) -> List[torch.Tensor]:
@@ -152,11 +158,8 @@ class FGFI(nn.Module):
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
-        loss = fgfi_loss(
-            [self.adapters[f](student[f].float()) for f in self.in_features],
-            [teacher[f] for f in self.in_features],
-            self.masks(batch),
-        )
+        targets = [standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features]
+        loss = fgfi_loss([self.adapters[f](student[f].float()) for f in self.in_features], targets, self.masks(batch))
         # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
         in_warmup = batch.iteration < self.warmup_iters
         return weighted("fgfi", 0.0 if in_warmup else self.weight, loss)

@@ -1,10 +1,16 @@
 """FitNets hints (Romero et al., ICLR 2015), as used on detectors by Chen et al. 2017."""
+from typing import Mapping
+
 import torch
 from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
 from .build import KD_LOSS_REGISTRY
 from .per_level import PerLevelFeatureLoss
+from .pkd import standardise_channels
 
 __all__ = ["FitNet", "fitnet_hint_loss"]
 
@@ -16,11 +22,27 @@ def fitnet_hint_loss(student_adapted: torch.Tensor, teacher: torch.Tensor) -> to
 
 @KD_LOSS_REGISTRY.register()
 class FitNet(PerLevelFeatureLoss):
-    """Hint loss on chosen FPN levels through a per-level 1x1 or 3x3 adapter (``ADAPTER``)."""
+    """Hint loss on chosen FPN levels through a per-level 1x1 or 3x3 adapter (``ADAPTER``);
+    ``STANDARDIZE_TARGET`` regresses the teacher's map with each channel standardised (as PKD does),
+    so that the target's scale is the same whatever the teacher's FPN outputs."""
+
+    @configurable
+    def __init__(self, *, standardize_target: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.standardize_target = standardize_target
+
+    @classmethod
+    def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        return dict(
+            super().from_config(cfg, student_shapes, teacher_shapes),
+            standardize_target=cfg.KD.FITNET.STANDARDIZE_TARGET,
+        )
 
     @staticmethod
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:
         return build_adapter(node.ADAPTER, student_channels, teacher_channels)
 
     def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.standardize_target:
+            teacher = standardise_channels(teacher)
         return fitnet_hint_loss(student_adapted, teacher)
