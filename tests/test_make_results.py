@@ -51,6 +51,21 @@ def test_verdict_is_a_welch_t_test_at_95_percent_with_a_printable_change():
     assert make_results.verdict({"delta_se": math.nan, "delta_dof": math.inf, "delta": 5.0}) == "one seed"
 
 
+def test_detectable_change_is_the_threshold_of_the_verdict():
+    row = {"delta_se": 0.5, "delta_dof": 4.0}
+    assert make_results.detectable_change(row) == pytest.approx(2.78 * 0.5)
+    assert make_results.verdict({**row, "delta": 2.78 * 0.5 + 1e-6}) == "helps"
+    assert make_results.verdict({**row, "delta": 2.78 * 0.5 - 1e-6}) == "within noise"
+
+
+def test_the_student_baselines_and_card_methods_get_five_seeds_the_rest_three():
+    assert make_results.seeds_of("student") == make_results.seeds_of("fitnet") == [1, 2, 3, 4, 5]
+    assert make_results.seeds_of("virtual_teacher") == make_results.seeds_of("chen2017") == [1, 2, 3, 4, 5]
+    assert make_results.seeds_of("pkt") == [1, 2, 3]
+    assert make_results.seeds_of("pkt", [7, 7, 8]) == [7, 8]
+    assert set(make_results.FIVE_SEED_MODELS) - {"student"} <= set(make_results.all_recipes())
+
+
 def test_t_critical_values_round_the_degrees_of_freedom_down():
     assert make_results.t_critical(4.0) == 2.78
     assert make_results.t_critical(4.9) == 2.78  # never the more lenient t(5)
@@ -84,6 +99,25 @@ def test_schedule_keeps_the_warmup_of_a_loss_but_caps_it_at_half():
     assert dict(zip(*[iter(make_results.schedule_opts(fgfi, warmup))] * 2))["KD.FGFI.WARMUP_ITERS"] == warmup // 2
 
 
+def test_a_finished_run_made_elsewhere_with_the_same_config_is_copied_not_retrained(tmp_path):
+    runner = make_results.Runner("cpu", 1, [], retrain=False, cache_root=tmp_path)
+    opts = ["SEED", 4, "MODEL.DEVICE", "cpu"]
+    elsewhere, here = tmp_path / "ablation/fitnet/3/seed4", tmp_path / "full/student/seed4"
+    _, same_run = make_results.run_keys(STUDENT_CONFIG, [*opts, "OUTPUT_DIR", str(elsewhere)], "teacher-key")
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "model_final.pth").write_bytes(b"weights")
+    (elsewhere / "result.json").write_text(json.dumps({"key": "old", "same_run": same_run, "AP": 12.5}))
+
+    record = runner.run("student seed 4", STUDENT_CONFIG, here, ["SEED", 4], depends_on="teacher-key")
+    key, _ = make_results.run_keys(STUDENT_CONFIG, [*opts, "OUTPUT_DIR", str(here)], "teacher-key")
+    assert record["AP"] == 12.5 and record["key"] == key
+    assert (here / "model_final.pth").read_bytes() == b"weights"
+    assert json.loads((here / "result.json").read_text())["key"] == key
+    # Another teacher is another run: nothing to copy, so it would train (and here fails fast).
+    _, other = make_results.run_keys(STUDENT_CONFIG, [*opts, "OUTPUT_DIR", str(here)], "other-teacher")
+    assert other != same_run
+
+
 def test_every_recipe_config_is_in_the_table():
     recipes = make_results.all_recipes()
     assert "fitnet" in recipes and "chen2017" in recipes
@@ -108,7 +142,7 @@ def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets
     table = (tmp_path / "results/embedded_custom.md").read_text()
     assert (tmp_path / "results/embedded_custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fitnet_ap = [json.loads((tmp_path / f"runs/custom/fitnet/seed{s}/result.json").read_text())["AP"] for s in (1, 2)]
-    row = re.search(r"^\| fitnet \| ([\d.]+) ± ([\d.]+) \|", table, re.M)
+    row = re.search(r"^\| fitnet \| 2 \| ([\d.]+) ± ([\d.]+) \|", table, re.M)
     assert row, table
     assert float(row.group(1)) == pytest.approx(statistics.fmean(fitnet_ap), abs=0.051)
     assert float(row.group(2)) == pytest.approx(statistics.stdev(fitnet_ap), abs=0.051)

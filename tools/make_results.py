@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """The results table: teacher, student baseline and every recipe on the embedded data set.
 
-Trains the teacher once, then the student alone and each recipe of configs/shapes/ with every
-seed, all through tools/train_net.py (each run ends with COCO evaluation on kddet_shapes_val),
-and writes results/embedded.md (AP, AP50, AP75 mean ± std over seeds, the change against the
-student, the fraction of the teacher-student gap recovered, parameters and FLOPs) and
-results/embedded.png. Runs go to output/results/<tag>/<name>/seed<N>/, and the teacher to
+Trains the teacher once, then the student alone and each recipe of configs/shapes/ with its
+seeds (five for the baselines and the card's methods, three for the rest), all through
+tools/train_net.py (each run ends with COCO evaluation on kddet_shapes_val), and writes
+results/embedded.md and .json (AP, AP50, AP75 mean ± std over seeds, the change against the
+student and the smallest change the seeds can detect, the fraction of the teacher-student gap
+recovered, parameters and FLOPs) and results/embedded.png. Runs go to output/results/<tag>/<name>/seed<N>/, and the teacher to
 output/results/teacher/, shared by every tag that trains it as its config says. A finished run is
 reused while its resolved config (output folder included) and its teacher are unchanged, so an
 interrupted call picks up where it stopped and the table can be rebuilt without training; after
@@ -47,6 +48,10 @@ NOT_RECIPES = {"Base-Shapes", "teacher_slim_r18", "student_slim_r8"}
 # Warm-ups keep their length (see schedule_opts): at half length KD and the virtual teacher diverged.
 SCHEDULES = {"full": 1.0, "cpu-short": 1 / 2}
 SEEDS = [1, 2, 3]
+# The student alone, the teacher-free baseline, the card's methods and the combined recipe get five
+# seeds: their changes are the ones the table must resolve.
+FIVE_SEEDS = [1, 2, 3, 4, 5]
+FIVE_SEED_MODELS = {"student", "virtual_teacher", "fitnet", "fgfi", "nst", "chen2017", "combined"}
 # Two-sided 95% critical values of Student's t by degrees of freedom (scipy is not a dependency).
 T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
               12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
@@ -55,6 +60,13 @@ T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8:
 def all_recipes() -> List[str]:
     """The recipe names of configs/shapes/: every config there but the bases, teacher and student."""
     return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in NOT_RECIPES)
+
+
+def seeds_of(name: str, chosen: Sequence[int] = ()) -> List[int]:
+    """The seeds model ``name`` trains with: ``chosen`` if any, else five or three (see FIVE_SEED_MODELS)."""
+    if chosen:
+        return list(dict.fromkeys(chosen))
+    return FIVE_SEEDS if name in FIVE_SEED_MODELS else SEEDS
 
 
 def schedule_opts(config: Path, iters: int) -> list:
@@ -73,11 +85,36 @@ def schedule_opts(config: Path, iters: int) -> list:
     return opts
 
 
+def run_keys(config: Path, opts: Sequence[str], depends_on: str = "") -> Tuple[str, str]:
+    """The cache keys of a run. ``key`` changes with anything that changes the run: the resolved config
+    (base files and options included) and the key of the run it learns from (its teacher). ``same_run``
+    leaves the output folder out, so that a run another table (tools/ablate.py) made is copied, not repeated."""
+    resolved = load_config(config, opts)
+    key = hashlib.sha1((resolved.dump() + depends_on).encode()).hexdigest()
+    resolved.OUTPUT_DIR = ""
+    return key, hashlib.sha1((resolved.dump() + depends_on).encode()).hexdigest()
+
+
+def _finished_record(run_dir: Path) -> dict:
+    """The result record of a finished run in ``run_dir`` (one with its final weights), else {}."""
+    record_file = run_dir / "result.json"
+    if record_file.is_file() and (run_dir / "model_final.pth").is_file():
+        return json.loads(record_file.read_text())
+    return {}
+
+
+def _write_atomically(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(path)  # a record is whole or absent
+
+
 class Runner:
     """Runs tools/train_net.py jobs, several at a time, and caches each finished run's result."""
 
-    def __init__(self, device: str, jobs: int, extra_opts: list, retrain: bool):
+    def __init__(self, device: str, jobs: int, extra_opts: list, retrain: bool, cache_root: Path):
         self.device = device
+        self.cache_root = cache_root
         self.extra_opts = extra_opts
         self.retrain = retrain
         self.threads = max(1, len(os.sched_getaffinity(0)) // jobs)
@@ -88,14 +125,19 @@ class Runner:
         """Train and evaluate ``config``, or reuse its finished run; ``depends_on`` is the key of the
         run it learns from (its teacher)."""
         opts = [*map(str, opts), "MODEL.DEVICE", self.device, *self.extra_opts, "OUTPUT_DIR", str(out_dir)]
-        # The key changes with anything that changes the run: the resolved config (base files and
-        # options included) and the teacher it learns from.
-        key = hashlib.sha1((load_config(config, opts).dump() + depends_on).encode()).hexdigest()
+        key, same_run = run_keys(config, opts, depends_on)
         record_file = out_dir / "result.json"
-        if not self.retrain and record_file.is_file() and (out_dir / "model_final.pth").is_file():
-            record = json.loads(record_file.read_text())
-            if record["key"] == key:
+        if not self.retrain:
+            if _finished_record(out_dir).get("key") == key:
                 self.log(name, f"reused {record_file}")
+                return _finished_record(out_dir)
+            source = self._find_same_run(same_run)
+            if source is not None:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                shutil.copytree(source, out_dir)
+                record = dict(_finished_record(out_dir), key=key)
+                _write_atomically(record_file, record)
+                self.log(name, f"reused a copy of {source}")
                 return record
         # detectron2 appends to metrics.json and resumes from last_checkpoint: start from nothing.
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -111,20 +153,39 @@ class Runner:
         metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
         final = next(m for m in reversed(metrics) if "bbox/AP" in m)
         record = {
-            "key": key, "config": str(config.relative_to(REPO)), "opts": opts, "commit": self.commit,
+            "key": key, "same_run": same_run, "config": str(config.relative_to(REPO)), "opts": opts, "commit": self.commit,
             "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
             "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1,
             "minutes": (time.perf_counter() - start) / 60,
         }
-        partial = record_file.with_suffix(".partial")
-        partial.write_text(json.dumps(record, indent=1))
-        partial.replace(record_file)  # a record is whole or absent
+        _write_atomically(record_file, record)
         self.log(name, f"AP {record['AP']:.1f} after {record['iters']} iterations ({record['minutes']:.1f} min)")
         return record
+
+    def _find_same_run(self, same_run: str):
+        """The folder of a finished run under the cache root with this ``same_run`` key, or None."""
+        for record_file in self.cache_root.rglob("result.json"):
+            if _finished_record(record_file.parent).get("same_run") == same_run:
+                return record_file.parent
+        return None
 
     def log(self, name: str, message: str) -> None:
         with self.print_lock:
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {message}", flush=True)
+
+
+def generate_splits() -> None:
+    """Generate the shapes splits once, here, rather than by the first runs at once."""
+    from detectron2.data import DatasetCatalog
+
+    for split in ("kddet_shapes_train", "kddet_shapes_val"):
+        DatasetCatalog.get(split)
+
+
+def train_teacher(runner: Runner, teacher_dir: Path, iters: int = 0) -> dict:
+    """The teacher's run (``iters``: its config's own schedule when 0), trained or reused."""
+    iters = iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
+    return runner.run("teacher", TEACHER_CONFIG, teacher_dir, schedule_opts(TEACHER_CONFIG, iters))
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -141,7 +202,8 @@ def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
     gap = teacher["AP"] - student_mean
     rows = []
     for name, records in runs.items():
-        row = {"name": name, "iters": records[0]["iters"], "minutes": statistics.fmean(r["minutes"] for r in records)}
+        row = {"name": name, "iters": records[0]["iters"], "seeds": len(records),
+               "minutes": statistics.fmean(r["minutes"] for r in records)}
         for metric in ("AP", "AP50", "AP75"):
             row[metric], row[metric + "_std"] = mean_std([r[metric] for r in records])
         ap = [r["AP"] for r in records]
@@ -155,6 +217,7 @@ def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
         )
         row["delta_dof"] = (a + b) ** 2 / denominator if denominator > 0 else math.inf
         row["gap_recovered"] = row["delta"] / gap if gap > 0 else math.nan
+        row["detectable"] = detectable_change(row)
         rows.append(row)
     return rows
 
@@ -167,19 +230,28 @@ def t_critical(dof: float) -> float:
     return T_CRITICAL[max(d for d in T_CRITICAL if d <= max(dof, 1))]
 
 
+def detectable_change(row: dict) -> float:
+    """The smallest |ΔAP| the t-test of ``verdict`` calls a change, at the row's spread and seeds."""
+    return t_critical(row["delta_dof"]) * row["delta_se"]
+
+
 def verdict(row: dict) -> str:
     """Whether the change against the student alone stands out of seed-to-seed noise: a Welch t-test
     at 95% (two-sided, no correction for comparing many recipes), and at least the 0.1 AP the table
     prints."""
     if math.isnan(row["delta_se"]):
         return "one seed"
-    if abs(row["delta"]) < max(t_critical(row["delta_dof"]) * row["delta_se"], 0.1):
+    if abs(row["delta"]) < max(detectable_change(row), 0.1):
         return "within noise"
     return "helps" if row["delta"] > 0 else "hurts"
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _pm_abs(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"±{value:.1f}"
 
 
 def _percent(fraction: float) -> str:
@@ -189,7 +261,6 @@ def _percent(fraction: float) -> str:
 def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict, chart_name: str) -> str:
     """results/embedded.md: the settings, teacher and student sizes, and one row per model."""
     student, recipes = rows[0], sorted(rows[1:], key=lambda r: -r["AP"])
-    seeds = ", ".join(map(str, setting["seeds"]))
     lines = [
         f"# Distillation on the embedded data set — schedule `{setting['schedule']}`",
         "",
@@ -198,7 +269,8 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         "",
         f"COCO box AP on `kddet_shapes_val` (200 images, 128 px). The teacher trained once "
         f"({teacher['iters']} iterations) and every recipe that needs a teacher learnt from it; the student alone "
-        f"and each recipe trained {student['iters']} iterations with seeds {seeds}; mean ± standard deviation over seeds. "
+        f"and each recipe trained {student['iters']} iterations with the first *seeds* of seeds 1, 2, 3, ...; "
+        "mean ± standard deviation over seeds. "
         f"Device: {setting['device']}; {setting['jobs']} run(s) at a time.",
         "",
         "| model | parameters | GFLOPs / image (fvcore: a multiply-add is one FLOP) |",
@@ -206,22 +278,25 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"| teacher (`{TEACHER_CONFIG.name}`) | {sizes['teacher'][0]:.2f} M | {sizes['teacher'][1]:.2f} |",
         f"| student (`{STUDENT_CONFIG.name}`), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
         "",
-        "| model | AP | AP50 | AP75 | ΔAP vs student | gap recovered | verdict | train+eval min/run |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
-        f"| teacher | {teacher['AP']:.1f} | {teacher['AP50']:.1f} | {teacher['AP75']:.1f} | | | | {teacher['minutes']:.1f} |",
-        f"| student alone | {_pm(student['AP'], student['AP_std'])} | {_pm(student['AP50'], student['AP50_std'])} | "
-        f"{_pm(student['AP75'], student['AP75_std'])} | | | | {student['minutes']:.1f} |",
+        "| model | seeds | AP | AP50 | AP75 | ΔAP vs student | smallest detectable ΔAP | gap recovered | verdict | "
+        "train+eval min/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"| teacher | 1 | {teacher['AP']:.1f} | {teacher['AP50']:.1f} | {teacher['AP75']:.1f} | | | | | {teacher['minutes']:.1f} |",
+        f"| student alone | {student['seeds']} | {_pm(student['AP'], student['AP_std'])} | "
+        f"{_pm(student['AP50'], student['AP50_std'])} | {_pm(student['AP75'], student['AP75_std'])} | | | | | {student['minutes']:.1f} |",
     ]
     for r in recipes:
         lines.append(
-            f"| {r['name']} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | {_pm(r['AP75'], r['AP75_std'])} | "
-            f"{r['delta']:+.1f} | {_percent(r['gap_recovered'])} | {verdict(r)} | {r['minutes']:.1f} |"
+            f"| {r['name']} | {r['seeds']} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | "
+            f"{_pm(r['AP75'], r['AP75_std'])} | {r['delta']:+.1f} | {_pm_abs(r['detectable'])} | {_percent(r['gap_recovered'])} | "
+            f"{verdict(r)} | {r['minutes']:.1f} |"
         )
     gap = teacher["AP"] - student["AP"]
     lines += [
         "",
         f"Teacher-student gap: {gap:.1f} AP. *Gap recovered* is ΔAP / gap. *Verdict*: a ΔAP that a two-sided Welch "
-        "t-test at 95% separates from the student alone (and of 0.1 AP or more) *helps* or *hurts*; otherwise it is "
+        "t-test at 95% separates from the student alone (and of 0.1 AP or more) *helps* or *hurts*; *smallest "
+        "detectable ΔAP* is the size of change that test needs at the row's spread and seeds; otherwise it is "
         "*within noise* of seed-to-seed variation. With many recipes tested against one baseline and no correction, "
         "expect about one recipe in twenty to pass by chance. Recipes are in `configs/shapes/<name>.yaml`; minutes "
         "are wall time with the runs sharing the machine.",
@@ -279,7 +354,8 @@ def main() -> None:
     parser.add_argument("--student-iters", type=int, help="students' iterations instead of the schedule's")
     parser.add_argument("--teacher-iters", type=int, help="the teacher's iterations instead of its config's")
     parser.add_argument("--recipes", nargs="+", default=all_recipes(), help="recipe names in configs/shapes/ (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--seeds", nargs="+", type=int, help=f"seeds of every model (default: {FIVE_SEEDS} for "
+                        f"{sorted(FIVE_SEED_MODELS)}, {SEEDS} for the rest)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, help="trainings at a time (default: 2 on cpu, sharing its cores; 1 on cuda)")
     parser.add_argument("--retrain", action="store_true", help="train every run again, reusing none")
@@ -287,23 +363,21 @@ def main() -> None:
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="where the table and chart go")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options added to every run")
     args = parser.parse_args()
-    recipes, seeds = list(dict.fromkeys(args.recipes)), list(dict.fromkeys(args.seeds))
+    recipes = list(dict.fromkeys(args.recipes))
+    seeds = {name: seeds_of(name, args.seeds) for name in ["student", *recipes]}
     unknown = sorted(set(recipes) - set(all_recipes()))
     if unknown:
         sys.exit(f"Unknown recipes {unknown}; configs/shapes/ has {all_recipes()}.")
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
-    from detectron2.data import DatasetCatalog
-
-    for split in ("kddet_shapes_train", "kddet_shapes_val"):
-        DatasetCatalog.get(split)  # generated once here rather than by the first runs at once
+    generate_splits()
     jobs = args.jobs or (2 if args.device == "cpu" else 1)
 
-    defaults = (args.student_iters, args.teacher_iters, recipes, seeds, args.opts) == (None, None, all_recipes(), SEEDS, [])
+    defaults = (args.student_iters, args.teacher_iters, recipes, args.seeds, args.opts) == (None, None, all_recipes(), None, [])
     tag = args.schedule if defaults else "custom"
     student_iters = args.student_iters or round(load_config(STUDENT_CONFIG).SOLVER.MAX_ITER * SCHEDULES[args.schedule])
     teacher_iters = args.teacher_iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
     output = Path(args.output).resolve() / tag
-    runner = Runner(args.device, jobs, args.opts, args.retrain)
+    runner = Runner(args.device, jobs, args.opts, args.retrain, cache_root=Path(args.output).resolve())
     # A teacher trained as its config says serves every tag; another one stays in its tag's folder.
     teacher_dir = (output if args.teacher_iters or args.opts else output.parent) / "teacher"
 
@@ -321,8 +395,8 @@ def main() -> None:
     start = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
         # Submitted first, the teacher starts before any run can wait for it, whatever the pool size.
-        teacher_job = pool.submit(runner.run, "teacher", TEACHER_CONFIG, teacher_dir, schedule_opts(TEACHER_CONFIG, teacher_iters))
-        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds] for name in ["student", *recipes]}
+        teacher_job = pool.submit(train_teacher, runner, teacher_dir, teacher_iters)
+        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds[name]] for name in seeds}
         try:
             teacher_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
             for job in sum(jobs_by_name.values(), []):
@@ -344,6 +418,8 @@ def main() -> None:
     draw_chart(teacher, rows, results_dir / f"{stem}.png", f"kddet on the embedded data set, schedule {tag}")
     markdown = format_markdown(teacher, rows, model_sizes(args.device, args.opts), setting, f"{stem}.png")
     (results_dir / f"{stem}.md").write_text(markdown)
+    # The same rows for tools that quote the table (the demo reads the seed spread from it).
+    (results_dir / f"{stem}.json").write_text(json.dumps({"teacher": teacher, "rows": rows, "setting": setting}, indent=1))
     print(f"\n{markdown}\nWritten {results_dir / stem}.md and .png in {(time.perf_counter() - start) / 60:.1f} min.")
 
 
