@@ -1,6 +1,7 @@
 """Build the frozen teacher from its own config file and weights, and check it fits the student."""
 import logging
 import os
+from collections import Counter
 from typing import Any, Dict, List
 
 import torch
@@ -40,11 +41,15 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     return teacher_cfg
 
 
-def build_teacher(cfg: CfgNode) -> GeneralizedRCNN:
-    """Build the teacher, load its weights strictly, freeze it and put it in eval mode."""
+def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
+    """Build the teacher, load its weights strictly, freeze it and put it in eval mode.
+
+    ``load_weights=False`` leaves it randomly initialised: the dry run (``tools/train_net.py
+    --check``) checks the rest of a recipe with it when the weights are missing.
+    """
     teacher_cfg = load_teacher_config(cfg)
     weights = teacher_cfg.MODEL.WEIGHTS
-    if not weights or not os.path.isfile(weights):
+    if load_weights and (not weights or not os.path.isfile(weights)):
         raise FileNotFoundError(
             f"Teacher weights not found: '{weights}'. Set KD.TEACHER.WEIGHTS to the teacher's checkpoint "
             "(e.g. output/teacher/model_final.pth from tools/train_net.py)."
@@ -55,11 +60,13 @@ def build_teacher(cfg: CfgNode) -> GeneralizedRCNN:
             "a teacher must be a plain GeneralizedRCNN (Faster R-CNN) config."
         )
     teacher = build_model(teacher_cfg)
-    _load_strictly(teacher, weights)
+    if load_weights:
+        _load_strictly(teacher, weights)
     teacher.eval()
     teacher.requires_grad_(False)
     check_teacher_matches_student(teacher_cfg, cfg)
-    logger.info("Loaded teacher %s from %s", cfg.KD.TEACHER.CONFIG_FILE, weights)
+    if load_weights:
+        logger.info("Loaded teacher %s from %s", cfg.KD.TEACHER.CONFIG_FILE, weights)
     return teacher
 
 
@@ -85,6 +92,23 @@ def _load_strictly(teacher: nn.Module, weights: str) -> None:
             f"{len(missing)} are missing from the file (e.g. {missing[:3]}) and {len(mis_shaped)} have another "
             f"shape (e.g. {examples}). Use the config file the teacher was trained with."
         )
+    if incompatible.unexpected_keys:
+        logger.warning(_unexpected_keys_message(weights, incompatible.unexpected_keys))
+
+
+def _unexpected_keys_message(weights: str, keys: List[str]) -> str:
+    """What the tensors of a teacher checkpoint that the teacher has no place for are, by prefix; they
+    are not loaded. ``kd_losses.*`` are the adapters of a distilled run: the file is a distilled
+    student, whose detector weights load as a teacher like any other."""
+    groups = Counter(key.split(".")[0] for key in keys)
+    described = [
+        f"{prefix}.* ({count} tensors{', the adapters of a distilled run' if prefix == 'kd_losses' else ''})"
+        for prefix, count in sorted(groups.items())
+    ]
+    return (
+        f"Teacher weights {weights} hold {len(keys)} tensors the teacher config has no place for; they were "
+        f"ignored: {', '.join(described)}. The teacher's own tensors all loaded."
+    )
 
 
 def check_teacher_matches_student(teacher_cfg: CfgNode, cfg: CfgNode) -> None:
