@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 
 from .engine import student_only
 
-__all__ = ["params_and_flops"]
+__all__ = ["inference_gflops", "params_and_flops"]
 
 
 class _ImageToBoxes(torch.nn.Module):
@@ -20,13 +20,18 @@ class _ImageToBoxes(torch.nn.Module):
         return self.model.inference([{"image": image}], do_postprocess=False)[0].pred_boxes.tensor
 
 
+def inference_gflops(model: torch.nn.Module, image: torch.Tensor) -> float:
+    """GFLOPs of one inference of a built detector (in eval mode) on ``image``."""
+    from fvcore.nn import FlopCountAnalysis
+
+    flops = FlopCountAnalysis(_ImageToBoxes(model), (image,))
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return flops.total() / 1e9
+
+
 def params_and_flops(cfg: CfgNode, image: torch.Tensor) -> tuple:
     """(millions of parameters, GFLOPs of one inference on ``image``) of the detector ``cfg``
     describes; a distillation config counts its student alone, which is what gets deployed."""
-    from fvcore.nn import FlopCountAnalysis
-
     model = build_model(student_only(cfg)).eval()
     params = sum(p.numel() for p in model.parameters())
-    flops = FlopCountAnalysis(_ImageToBoxes(model), (image,))
-    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return params / 1e6, flops.total() / 1e9
+    return params / 1e6, inference_gflops(model, image)

@@ -1,16 +1,30 @@
 """The trainer and config set-up shared by tools/train_net.py and the demo."""
+import logging
+
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup
 
 from .config import load_config
 from .evaluation import build_evaluator
+from .validation import check_distillation, distillation_summary
 
 __all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer, with the evaluator chosen by data set type and divergence errors
     that say what to change."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model, built once the distillation settings pass ``check_distillation``;
+        the log gets their summary (parameters only: ``tools/train_net.py --check`` adds FLOPs)."""
+        check_distillation(cfg)
+        model = super().build_model(cfg)
+        logger.info("%s", distillation_summary(cfg, model))
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
