@@ -2,21 +2,28 @@
 """Train and evaluate teachers, students and distilled students (detectron2's train_net).
 
     python tools/train_net.py --config-file configs/shapes/fitnet.yaml
+    python tools/train_net.py --config-file configs/shapes/fitnet.yaml --check   # dry run, no training
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CONFIG --num-gpus 8 --resume
 """
+import sys
+
 import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
+from detectron2.modeling import build_model
 
+from kddet.config import load_config
+from kddet.dry_run import dry_run
 from kddet.engine import Trainer, setup_cfg, student_only
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
-        model = Trainer.build_model(student_only(cfg))
+        # The student alone, without the distillation checks: they are about training.
+        model = build_model(student_only(cfg))
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
@@ -24,8 +31,22 @@ def main(args):
     return trainer.train()
 
 
+def check(args) -> int:
+    """Build the model, check the distillation settings, print the summary; 1 if anything stops training."""
+    report, num_errors = dry_run(load_config(args.config_file, args.opts))
+    print(report)
+    return 1 if num_errors else 0
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--check", action="store_true",
+        help="dry run: build the model, check the distillation settings, print their summary and exit without training",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.check:
+        sys.exit(check(args))
     print("Command Line Args:", args)
     launch(
         main,

@@ -1,0 +1,120 @@
+"""``tools/train_net.py --check``: everything a training run would check before its first step,
+reported at once and without a traceback, then the distillation summary with FLOPs.
+
+The model is built as training builds it. Where the teacher's weights are missing, a teacher of
+the same config with random weights stands in, so that the losses, feature levels and anchors are
+still checked; where ``MODEL.META_ARCHITECTURE`` ignores ``KD.LOSSES``, the recipe is checked as
+the ``DistillationRCNN`` it was meant to be.
+"""
+import contextlib
+import logging
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.config import CfgNode
+from detectron2.modeling import GeneralizedRCNN, build_model
+
+from .complexity import inference_gflops
+from .losses import build_kd_losses, losses_need_teacher
+from .modeling import DistillationRCNN
+from .teacher import build_teacher
+from .validation import DISTILLATION_ARCH, distillation_problems, distillation_summary
+
+__all__ = ["dry_run"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _kddet_warnings() -> Iterator[List[str]]:
+    """The warnings kddet logs inside the block (e.g. a teacher checkpoint's unexpected keys)."""
+    handler, kddet_logger = _Collect(), logging.getLogger("kddet")
+    kddet_logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        kddet_logger.removeHandler(handler)
+
+
+def _teacher_weights_missing(cfg: CfgNode) -> bool:
+    return (
+        cfg.MODEL.META_ARCHITECTURE == DISTILLATION_ARCH
+        and losses_need_teacher(cfg)
+        and os.path.isfile(cfg.KD.TEACHER.CONFIG_FILE)
+        and not os.path.isfile(cfg.KD.TEACHER.WEIGHTS)
+    )
+
+
+def _build_with_random_teacher(cfg: CfgNode) -> DistillationRCNN:
+    """What ``DistillationRCNN.from_config`` builds, with the teacher's weights left random."""
+    student = GeneralizedRCNN.from_config(cfg)
+    teacher = build_teacher(cfg, load_weights=False)
+    kd_losses = build_kd_losses(cfg, student["backbone"].output_shape(), teacher.backbone.output_shape())
+    return DistillationRCNN(teacher=teacher, kd_losses=kd_losses, **student)
+
+
+def _student_weights_error(cfg: CfgNode) -> Optional[str]:
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or "://" in weights or os.path.isfile(weights):
+        return None
+    return (
+        f"MODEL.WEIGHTS not found: '{weights}' (the student's initial weights, loaded before the first step). "
+        'Provide the file, or set MODEL.WEIGHTS "" to start from random weights.'
+    )
+
+
+def _gflops(cfg: CfgNode, model: nn.Module) -> Dict[str, float]:
+    """GFLOPs of one inference of student and teacher on a random image of the student's test
+    size (square, ``INPUT.MIN_SIZE_TEST`` capped at ``INPUT.MAX_SIZE_TEST``)."""
+    side = min(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0)) * 255
+    model.eval()
+    networks = {"student": model, "teacher": getattr(model, "teacher", None)}
+    with torch.no_grad():
+        return {name: inference_gflops(net, image) for name, net in networks.items() if net is not None}
+
+
+def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
+    """The report of ``tools/train_net.py --check`` on ``cfg`` and its number of errors: the
+    distillation summary (with FLOPs unless ``flops`` is False), then every error and warning."""
+    errors, warnings = distillation_problems(cfg)
+    build_cfg = cfg.clone()
+    build_cfg.MODEL.DEVICE = "cpu"  # the settings are checked the same on any device
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        warnings.append(f"MODEL.DEVICE is {cfg.MODEL.DEVICE}, which this machine lacks; the check ran on the CPU.")
+    if cfg.KD.LOSSES and cfg.MODEL.META_ARCHITECTURE != DISTILLATION_ARCH:
+        build_cfg.MODEL.META_ARCHITECTURE = DISTILLATION_ARCH  # already an error above; check the rest
+    model = None
+    with _kddet_warnings() as logged:
+        try:
+            if _teacher_weights_missing(build_cfg):
+                errors.append(
+                    f"Teacher weights not found: '{cfg.KD.TEACHER.WEIGHTS}'. Set KD.TEACHER.WEIGHTS to the teacher's "
+                    "checkpoint. (The rest was checked with a teacher of random weights.)"
+                )
+                model = _build_with_random_teacher(build_cfg)
+            else:
+                model = build_model(build_cfg)
+        except (ValueError, FileNotFoundError) as error:
+            if str(error) not in errors:  # an unknown loss name stops the build too
+                errors.append(str(error))
+    warnings += logged
+    student_weights = _student_weights_error(cfg)
+    if student_weights:
+        errors.append(student_weights)
+
+    lines = [distillation_summary(cfg, model, _gflops(cfg, model) if flops and model is not None else None)]
+    lines += [f"ERROR: {error}" for error in errors] + [f"WARNING: {warning}" for warning in warnings]
+    verdict = "ready to train" if not errors else "fix the errors before training"
+    lines.append(f"{len(errors)} error(s), {len(warnings)} warning(s): {verdict}.")
+    return "\n".join(lines), len(errors)
