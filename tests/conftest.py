@@ -41,12 +41,14 @@ def teacher_weights(tmp_path_factory) -> Path:
     return out / "model_final.pth"
 
 
-def run_train_net(*args, datasets_root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run tools/train_net.py in a subprocess from the repository root; fail with its output."""
+def run_train_net(*args, datasets_root: Path, timeout: int = 600, returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run tools/train_net.py in a subprocess from the repository root; fail with its output unless
+    it exits with ``returncode``."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_net.py"), *map(str, args)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
-    assert proc.returncode == 0, f"train_net failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == returncode, f"train_net exited with {proc.returncode}:\n{output}"
     return proc
