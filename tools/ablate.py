@@ -31,21 +31,13 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("600 iterations (2x)", "student", ["SOLVER.MAX_ITER", 600, "SOLVER.STEPS", (450, 550)]),
     ],
     "fitnet": [
-        ("recipe (weight 1, 1x1 adapter, p2-p6)", "fitnet", []),
-        ("3x3 adapter", "fitnet", ["KD.FITNET.ADAPTER", "conv3x3"]),
-        ("weight 10", "fitnet", ["KD.FITNET.WEIGHT", 10.0]),
-        ("levels p2-p4", "fitnet", ["KD.FITNET.IN_FEATURES", ["p2", "p3", "p4"]]),
+        ("recipe (weight 1, 1x1 adapter, raw target)", "fitnet", []),
         ("standardised target", "fitnet", ["KD.FITNET.STANDARDIZE_TARGET", True]),
         ("balanced (0.5 of the detector's losses)", "fitnet", BALANCE),
-        ("3x3 adapter, balanced (FGFI's imitation without its masks)", "fitnet", ["KD.FITNET.ADAPTER", "conv3x3", *BALANCE]),
         ("standardised target, balanced", "fitnet", ["KD.FITNET.STANDARDIZE_TARGET", True, *BALANCE]),
     ],
     "fgfi": [
         ("recipe (lambda 0.01, 3x3 adapter, psi 0.5, warm-up 50)", "fgfi", []),
-        ("lambda 0.002", "fgfi", ["KD.FGFI.WEIGHT", 0.002]),
-        ("1x1 adapter", "fgfi", ["KD.FGFI.ADAPTER", "conv1x1"]),
-        ("no warm-up", "fgfi", ["KD.FGFI.WARMUP_ITERS", 0]),
-        ("psi 0.2 (larger masks)", "fgfi", ["KD.FGFI.PSI", 0.2]),
         ("standardised target", "fgfi", ["KD.FGFI.STANDARDIZE_TARGET", True]),
         ("balanced (0.5 of the detector's losses)", "fgfi", BALANCE),
         ("standardised target, balanced", "fgfi", ["KD.FGFI.STANDARDIZE_TARGET", True, *BALANCE]),
@@ -53,8 +45,6 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     # Recipes that stack losses, towards closing most of the teacher-student gap.
     "combined": [
         ("NST + SP", "nst", ["KD.LOSSES", ["NST", "SP"], "KD.SP.WEIGHT", 300.0]),
-        ("NST + SP + OFD", "nst", ["KD.LOSSES", ["NST", "SP", "OFD"], "KD.SP.WEIGHT", 300.0]),
-        ("NST + SP + KD", "nst", ["KD.LOSSES", ["NST", "SP", "KD"], "KD.SP.WEIGHT", 300.0, "KD.KD.WEIGHT", 0.25]),
         ("NST + SP + Chen et al.'s head losses", "combined", []),
         ("NST + SP + Chen et al.'s head losses, NST and SP balanced", "combined", [*BALANCE, "KD.BALANCE.LOSSES", ["NST", "SP"]]),
     ],
@@ -63,8 +53,6 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("KD, the paper's weight 1.0, balanced", "kd", ["KD.KD.WEIGHT", 1.0, *BALANCE]),
         ("SP, hand-tuned weight 300", "sp", []),
         ("SP, the paper's weight 3000, balanced", "sp", ["KD.SP.WEIGHT", 3000.0, *BALANCE]),
-        ("NST, hand-tuned weight 50", "nst", []),
-        ("NST, weight 1, balanced", "nst", ["KD.NST.WEIGHT", 1.0, *BALANCE]),
     ],
 }
 

@@ -2,7 +2,8 @@
 """The main job: teacher -> student alone -> student distilled with the combined recipe, on the
 embedded data set.
 
-Trains the three with tools/train_net.py on this machine (CPU by default), each ending with
+Trains the three with tools/train_net.py on this machine (CPU by default; the two students at
+once, each on half the cores, once the teacher is trained), each ending with
 COCO evaluation on kddet_shapes_val, then prints their box AP side by side, and how far the same
 models move between seeds according to the committed results table (results/embedded.json, made
 by tools/make_results.py), so the gain can be read against that spread. Runs go to
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -29,15 +31,17 @@ RUNS = [  # (name, config, title, distilled from the teacher)
 ]
 
 
-def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Path, device: str) -> dict:
-    """One tools/train_net.py run; its progress lines are echoed, its results read from metrics.json."""
+def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Path, device: str, threads: int = 0) -> dict:
+    """One tools/train_net.py run (on ``threads`` CPU threads, 0: torch's default); its progress lines
+    are echoed, its results read from metrics.json."""
     out_dir = output_root / name
     opts = ["OUTPUT_DIR", out_dir, "MODEL.DEVICE", device]
     if distilled:
         opts += ["KD.TEACHER.WEIGHTS", output_root / "teacher" / "model_final.pth"]
     command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", config, *map(str, opts)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     start = time.perf_counter()
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         tail = []
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
@@ -91,9 +95,15 @@ def main() -> None:
     args = parser.parse_args()
     output_root = Path(args.output).resolve()
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
-    rows = {}
-    for name, config, _, distilled in RUNS:
-        rows[name] = train_and_evaluate(name, config, distilled, output_root, args.device)
+    teacher, *students = RUNS
+    rows = {"teacher": train_and_evaluate(*teacher[:2], teacher[3], output_root, args.device)}
+    # The two students share the machine: on a CPU each gets half its cores, on a GPU they take turns.
+    parallel = args.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
+    threads = len(os.sched_getaffinity(0)) // 2 if parallel else 0
+    with ThreadPoolExecutor(2 if parallel else 1) as pool:
+        jobs = {name: pool.submit(train_and_evaluate, name, config, distilled, output_root, args.device, threads)
+                for name, config, _, distilled in students}
+        rows.update({name: job.result() for name, job in jobs.items()})
     (output_root / "results.json").write_text(json.dumps(rows, indent=2))
     spread = seed_spread(json.loads(RESULTS.read_text()) if RESULTS.is_file() else None)
     print(f"\nkddet demo: COCO box AP on kddet_shapes_val (200 images), runs in {output_root}\n")
