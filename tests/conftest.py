@@ -44,7 +44,7 @@ def teacher_weights(tmp_path_factory) -> Path:
 def run_train_net(*args, datasets_root: Path, timeout: int = 600, returncode: int = 0) -> subprocess.CompletedProcess:
     """Run tools/train_net.py in a subprocess from the repository root; fail with its output unless
     it exits with ``returncode``."""
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_net.py"), *map(str, args)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,

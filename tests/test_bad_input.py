@@ -96,7 +96,7 @@ def test_unknown_loss_name_lists_the_registered_losses(teacher_weights):
 def test_train_net_stops_before_the_first_iteration(tmp_path, datasets_root):
     """What a user sees: the message, last in the output, and no training started."""
     missing = tmp_path / "teacher.pth"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(FITNET_CONFIG),
          "KD.TEACHER.WEIGHTS", str(missing), "OUTPUT_DIR", str(tmp_path / "out")],

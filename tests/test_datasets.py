@@ -116,7 +116,7 @@ def probe(tmp_path_factory) -> dict:
     root, out = tmp_path_factory.mktemp("builtin_datasets"), tmp_path_factory.mktemp("probe")
     write_voc(root)
     write_coco(root)
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests/probe_builtin_datasets.py"), str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,

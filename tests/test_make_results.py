@@ -135,7 +135,7 @@ def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets
         # Two-iteration models score every box low, some at 0: a negative threshold keeps AP a number, not nan.
         "SOLVER.IMS_PER_BATCH", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "-1.0",
     ]
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 

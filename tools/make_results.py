@@ -143,7 +143,7 @@ class Runner:
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
         command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(config), *opts]
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), PYTHONWARNINGS="ignore")
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
         start = time.perf_counter()
         with open(out_dir / "stdout.txt", "w") as stdout:
             proc = subprocess.run(command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT)
