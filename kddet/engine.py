@@ -3,6 +3,8 @@ import logging
 
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .config import load_config
 from .evaluation import build_evaluator
@@ -56,6 +58,9 @@ def setup_cfg(args) -> CfgNode:
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup gives detectron2's and fvcore's loggers the console and log.txt; kddet's lines
+    # (the teacher it loaded, the losses that are on, how a data set is evaluated) go there too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kddet")
     return cfg
 
 

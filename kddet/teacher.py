@@ -66,7 +66,8 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     teacher.requires_grad_(False)
     check_teacher_matches_student(teacher_cfg, cfg)
     if load_weights:
-        logger.info("Loaded teacher %s from %s", cfg.KD.TEACHER.CONFIG_FILE, weights)
+        parameters = sum(p.numel() for p in teacher.parameters())
+        logger.info("Loaded teacher %s from %s (%.2f M parameters)", cfg.KD.TEACHER.CONFIG_FILE, weights, parameters / 1e6)
     return teacher
 
 
