@@ -7,7 +7,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import load_config
-from .evaluation import build_evaluator
+from .evaluation import build_evaluator, check_test_datasets
 from .validation import check_distillation, distillation_summary
 
 __all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
@@ -16,8 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer, with the evaluator chosen by data set type and divergence errors
-    that say what to change."""
+    """detectron2's DefaultTrainer, with the evaluator chosen by data set type (checked before the
+    first iteration) and divergence errors that say what to change."""
+
+    def __init__(self, cfg: CfgNode):
+        check_test_datasets(cfg)  # evaluation runs after training: a test set it cannot score stops the run now
+        super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg):

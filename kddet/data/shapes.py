@@ -22,6 +22,7 @@ __all__ = ["SHAPE_CLASSES", "SPLITS", "register_shapes", "generate_split", "load
 SHAPE_CLASSES = ["disk", "ring", "box", "bar", "triangle", "cross"]
 IMAGE_SIZE = 128
 MIN_VISIBLE_FRACTION = 0.4
+MAX_OBJECTS = 5  # drawn per image; Base-Shapes.yaml's TEST.DETECTIONS_PER_IMAGE must not be lower
 FORMAT_VERSION = 1
 
 
@@ -110,7 +111,7 @@ def _render(rng: np.random.Generator):
     _draw_clutter(rng, image, yy, xx)
     owner = np.full((IMAGE_SIZE, IMAGE_SIZE), -1)
     classes, areas = [], []
-    for index in range(rng.integers(1, 6)):
+    for index in range(rng.integers(1, MAX_OBJECTS + 1)):
         class_id = int(rng.integers(len(SHAPE_CLASSES)))
         mask, texture = _shape_mask(rng, SHAPE_CLASSES[class_id], yy, xx)
         color = rng.uniform(0, 255, size=3)
