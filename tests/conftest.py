@@ -13,10 +13,17 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 import kddet.config
+from kddet.warning_filters import filter_known_warnings
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = REPO / "configs/shapes/teacher_slim_r18.yaml"
 STUDENT_CONFIG = REPO / "configs/shapes/student_slim_r8.yaml"
+
+
+@pytest.fixture(autouse=True)
+def known_warnings_filtered():
+    """pytest restores its own warning filters around every test: apply kddet's again inside."""
+    filter_known_warnings()
 
 
 @pytest.fixture(scope="session")
