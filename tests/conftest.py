@@ -3,10 +3,14 @@ checkpoint written from a freshly built teacher, and a way to run tools/train_ne
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Sequence, Tuple
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import kddet  # noqa: F401  (shims and registrations first)
 from detectron2.checkpoint import DetectionCheckpointer
@@ -48,14 +52,57 @@ def teacher_weights(tmp_path_factory) -> Path:
     return out / "model_final.pth"
 
 
-def run_train_net(*args, datasets_root: Path, timeout: int = 600, returncode: int = 0) -> subprocess.CompletedProcess:
-    """Run tools/train_net.py in a subprocess from the repository root; fail with its output unless
-    it exits with ``returncode``."""
+def run_train_net(
+    *args, datasets_root: Path, timeout: int = 600, returncode: int = 0, script: Path = REPO / "tools/train_net.py"
+) -> subprocess.CompletedProcess:
+    """Run tools/train_net.py (or a launcher ``script`` that runs it) in a subprocess from the
+    repository root; fail with its output unless it exits with ``returncode``."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools/train_net.py"), *map(str, args)],
+        [sys.executable, str(script), *map(str, args)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
     output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert proc.returncode == returncode, f"train_net exited with {proc.returncode}:\n{output}"
     return proc
+
+
+def write_image(path: Path, width: int, height: int) -> None:
+    """A grey image, in the format its extension names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((height, width, 3), 127, dtype=np.uint8)).save(path)
+
+
+def voc_xml(image_id: str, objects: Sequence[Tuple[str, Tuple[int, int, int, int], int]], size: Tuple[int, int]) -> str:
+    """A VOC devkit annotation: ``objects`` are (class name, (xmin, ymin, xmax, ymax), difficult),
+    boxes 1-based inclusive pixel indices; ``size`` is (width, height)."""
+    annotation = ET.Element("annotation")
+    ET.SubElement(annotation, "folder").text = "VOC2007"
+    ET.SubElement(annotation, "filename").text = f"{image_id}.jpg"
+    source = ET.SubElement(annotation, "source")
+    for tag, text in (("database", "The VOC2007 Database"), ("annotation", "PASCAL VOC2007"), ("image", "flickr")):
+        ET.SubElement(source, tag).text = text
+    size_element = ET.SubElement(annotation, "size")
+    for tag, value in zip(("width", "height", "depth"), (*size, 3)):
+        ET.SubElement(size_element, tag).text = str(value)
+    ET.SubElement(annotation, "segmented").text = "0"
+    for name, box, difficult in objects:
+        obj = ET.SubElement(annotation, "object")
+        for tag, text in (("name", name), ("pose", "Unspecified"), ("truncated", "0"), ("difficult", str(difficult))):
+            ET.SubElement(obj, tag).text = text
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bndbox, tag).text = str(value)
+    return ET.tostring(annotation, encoding="unicode")
+
+
+def write_voc_image(dirname: Path, image_id: str, objects, size: Tuple[int, int], ext: str = ".jpg") -> None:
+    """``Annotations/<id>.xml`` and ``JPEGImages/<id><ext>`` of a VOC-layout folder."""
+    (dirname / "Annotations").mkdir(parents=True, exist_ok=True)
+    (dirname / f"Annotations/{image_id}.xml").write_text(voc_xml(image_id, objects, size))
+    write_image(dirname / f"JPEGImages/{image_id}{ext}", *size)
+
+
+def write_voc_split(dirname: Path, split: str, image_ids: Sequence[str]) -> None:
+    (dirname / "ImageSets/Main").mkdir(parents=True, exist_ok=True)
+    (dirname / f"ImageSets/Main/{split}.txt").write_text("".join(f"{image_id}\n" for image_id in image_ids))

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,14 @@ import torch
 from PIL import Image
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES
+from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, Instances
 
-from conftest import REPO
-from kddet.data import shapes
+from conftest import REPO, write_image, write_voc_image, write_voc_split
+from kddet.data import load_voc_folder, register_voc_folder, shapes
 from kddet.evaluation import build_evaluator
 
 # VOC: (xmin, ymin, xmax, ymax) are 1-based inclusive pixel indices, as in the VOC devkit.
@@ -46,41 +46,12 @@ COCO_ANNOTATIONS = [  # image id, category id (COCO's own, with gaps), [x, y, w,
 COCO_NAMES = {c["id"]: c["name"] for c in COCO_CATEGORIES if c["isthing"]}
 
 
-def write_jpeg(path: Path, width: int, height: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((height, width, 3), 127, dtype=np.uint8)).save(path)
-
-
-def voc_xml(image_id: str, objects) -> str:
-    annotation = ET.Element("annotation")
-    ET.SubElement(annotation, "folder").text = "VOC2007"
-    ET.SubElement(annotation, "filename").text = f"{image_id}.jpg"
-    source = ET.SubElement(annotation, "source")
-    for tag, text in (("database", "The VOC2007 Database"), ("annotation", "PASCAL VOC2007"), ("image", "flickr")):
-        ET.SubElement(source, tag).text = text
-    size = ET.SubElement(annotation, "size")
-    for tag, value in zip(("width", "height", "depth"), (*VOC_SIZE, 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(annotation, "segmented").text = "0"
-    for name, box, difficult in objects:
-        obj = ET.SubElement(annotation, "object")
-        for tag, text in (("name", name), ("pose", "Unspecified"), ("truncated", "0"), ("difficult", str(difficult))):
-            ET.SubElement(obj, tag).text = text
-        bndbox = ET.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bndbox, tag).text = str(value)
-    return ET.tostring(annotation, encoding="unicode")
-
-
 def write_voc(root: Path) -> None:
     voc = root / "VOC2007"
-    (voc / "Annotations").mkdir(parents=True)
-    (voc / "ImageSets/Main").mkdir(parents=True)
     for split, images in (("trainval", VOC_TRAINVAL), ("test", VOC_TEST)):
-        (voc / f"ImageSets/Main/{split}.txt").write_text("".join(f"{image_id}\n" for image_id in images))
+        write_voc_split(voc, split, images)
         for image_id, objects in images.items():
-            (voc / f"Annotations/{image_id}.xml").write_text(voc_xml(image_id, objects))
-            write_jpeg(voc / f"JPEGImages/{image_id}.jpg", *VOC_SIZE)
+            write_voc_image(voc, image_id, objects, VOC_SIZE)
 
 
 def write_coco(root: Path) -> None:
@@ -107,7 +78,7 @@ def write_coco(root: Path) -> None:
     (root / "coco/annotations").mkdir(parents=True)
     (root / "coco/annotations/instances_val2017.json").write_text(json.dumps(dataset))
     for image in images:
-        write_jpeg(root / "coco/val2017" / image["file_name"], image["width"], image["height"])
+        write_image(root / "coco/val2017" / image["file_name"], image["width"], image["height"])
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +219,66 @@ def test_shapes_ground_truth_scores_perfect_with_the_coco_evaluator(datasets_roo
         evaluator.process([record], [{"instances": instances}])
     result = evaluator.evaluate(img_ids=[r["image_id"] for r in records])
     assert result["bbox"]["AP"] == pytest.approx(100.0)
+
+
+# VOC-layout folders with images of other formats (kddet.data.register_voc_folder).
+
+FOLDER_IMAGES = {  # id: (extension, (width, height), objects); PNG and JPEG sources mixed
+    "img_a": (".png", (96, 64), [("thing", (11, 21, 40, 50), 0), ("thing", (50, 5, 90, 30), 0)]),
+    "img_b": (".jpg", (64, 80), [("thing", (1, 1, 64, 80), 0)]),
+    "img_c": (".PNG", (72, 72), [("thing", (30, 30, 60, 70), 1)]),
+}
+
+
+@pytest.fixture
+def voc_folder(tmp_path) -> Path:
+    for image_id, (ext, size, objects) in FOLDER_IMAGES.items():
+        write_voc_image(tmp_path, image_id, objects, size, ext)
+    write_voc_split(tmp_path, "val", FOLDER_IMAGES)
+    (tmp_path / "JPEGImages/notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_voc_folder_finds_each_image_whatever_its_extension(voc_folder):
+    register_voc_folder("kddet_test_voc_folder_mixed", str(voc_folder), "val", 2012, ["thing"])
+    metadata = MetadataCatalog.get("kddet_test_voc_folder_mixed")
+    assert (metadata.evaluator_type, metadata.thing_classes, metadata.year, metadata.split) == ("pascal_voc", ["thing"], 2012, "val")
+    records = DatasetCatalog.get("kddet_test_voc_folder_mixed")
+    assert [Path(r["file_name"]).name for r in records] == ["img_a.png", "img_b.jpg", "img_c.PNG"]
+    for record in records:
+        ext, (width, height), objects = FOLDER_IMAGES[record["image_id"]]
+        image = detection_utils.read_image(record["file_name"], format="BGR")
+        assert image.shape == (height, width, 3) == (record["height"], record["width"], 3)
+        boxes = [tuple(a["bbox"]) for a in record["annotations"]]
+        assert boxes == [(x0 - 1.0, y0 - 1.0, x1, y1) for _, (x0, y0, x1, y1), _ in objects]
+
+
+def test_voc_folder_with_one_extension_given(voc_folder):
+    (voc_folder / "JPEGImages/img_b.jpg").rename(voc_folder / "JPEGImages/img_b.png")
+    (voc_folder / "JPEGImages/img_c.PNG").rename(voc_folder / "JPEGImages/img_c.png")
+    records = load_voc_folder(str(voc_folder), "val", ["thing"], image_ext="png")
+    assert all(Path(r["file_name"]).is_file() and r["file_name"].endswith(".png") for r in records)
+    assert load_voc_folder(str(voc_folder), "val", ["thing"], image_ext=".png") == records
+
+
+def test_voc_folder_names_the_image_it_cannot_find_or_tell_apart(voc_folder):
+    (voc_folder / "JPEGImages/img_b.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of the 3 ids in ImageSets/Main/val.txt have no image in .* \(e.g. \['img_b'\]\)"):
+        load_voc_folder(str(voc_folder), "val", ["thing"])
+    write_image(voc_folder / "JPEGImages/img_a.jpg", 8, 8)
+    with pytest.raises(ValueError, match=r"two images of id 'img_a' \(img_a.jpg, img_a.png\).*pass image_ext"):
+        load_voc_folder(str(voc_folder), "val", ["thing"])
+
+
+def test_voc_folder_of_pngs_scores_its_ground_truth_perfect(voc_folder):
+    register_voc_folder("kddet_test_voc_folder_scored", str(voc_folder), "val", 2007, ["thing"])
+    evaluator = build_evaluator(get_cfg(), "kddet_test_voc_folder_scored")
+    assert type(evaluator) is PascalVOCDetectionEvaluator
+    evaluator.reset()
+    for record in DatasetCatalog.get("kddet_test_voc_folder_scored"):
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in record["annotations"]]))
+        instances.scores = torch.ones(len(instances))
+        instances.pred_classes = torch.zeros(len(instances), dtype=torch.int64)
+        evaluator.process([record], [{"instances": instances}])
+    assert evaluator.evaluate()["bbox"]["AP50"] == pytest.approx(100.0)

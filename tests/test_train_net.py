@@ -1,6 +1,7 @@
 """End to end through tools/train_net.py: train a teacher, distil a student from it with FitNets,
 evaluate, export and re-evaluate the student alone, and resume the distillation run."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, run_train_net
+from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, run_train_net, write_voc_image, write_voc_split
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +134,60 @@ def test_eval_only_of_a_recipe_needs_no_teacher(fitnet_run, tmp_path, datasets_r
         datasets_root=datasets_root,
     )
     assert printed_ap(proc.stdout) == pytest.approx(printed_ap(run.stdout), nan_ok=True)
+
+
+# A user's own data set, registered the detectron2 way in a small launcher.
+
+LAUNCHER = f"""
+import runpy
+import sys
+
+import kddet
+from detectron2.data.datasets import register_pascal_voc
+from kddet.data import register_voc_folder
+
+folder = sys.argv.pop(1)
+register_voc_folder("user_voc_train", folder, "train", 2012, ["thing"])  # PNG images
+register_pascal_voc("user_voc_val", folder, "val", 2012, ["thing"])  # JPEG images; sets no evaluator_type
+runpy.run_path("{REPO / 'tools/train_net.py'}", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def user_voc_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user_voc")
+    boxes = [("thing", (11, 11, 40, 50), 0), ("thing", (50, 20, 90, 60), 0), ("thing", (5, 60, 30, 90), 0)]
+    splits = {"train": (".png", ["t1", "t2", "t3"]), "val": (".jpg", ["v1", "v2"])}
+    for split, (ext, image_ids) in splits.items():
+        write_voc_split(folder, split, image_ids)
+        for image_id in image_ids:
+            write_voc_image(folder, image_id, boxes, (100, 96), ext)
+    launcher = folder / "launcher.py"
+    launcher.write_text(LAUNCHER)
+    return folder, launcher
+
+
+def test_a_data_set_registered_without_evaluator_type_is_scored_with_coco_ap(user_voc_folder, tmp_path, datasets_root):
+    folder, launcher = user_voc_folder
+    out = tmp_path / "out"
+    run_train_net(
+        folder, "--config-file", STUDENT_CONFIG, *SHORT_RUN, *ANY_SCORE, "MODEL.ROI_HEADS.NUM_CLASSES", 1,
+        "DATASETS.TRAIN", "('user_voc_train',)", "DATASETS.TEST", "('user_voc_val',)", "OUTPUT_DIR", out,
+        datasets_root=datasets_root, script=launcher,
+    )
+    evaluated = [r for r in metrics(out) if "bbox/AP" in r]
+    assert evaluated and 0 <= evaluated[-1]["bbox/AP50"] <= 100  # a number, not nan
+    assert "Data set 'user_voc_val' sets no evaluator_type: evaluating it with COCOEvaluator" in (out / "log.txt").read_text()
+
+
+def test_a_test_set_that_cannot_be_evaluated_stops_training_before_it_starts(tmp_path, datasets_root):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(STUDENT_CONFIG),
+         "DATASETS.TEST", "('user_voc_test',)", "OUTPUT_DIR", str(tmp_path / "out")],
+        cwd=REPO, env=dict(os.environ, DETECTRON2_DATASETS=str(datasets_root)), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ValueError: Data set 'user_voc_test' in DATASETS.TEST is not registered.")
+    assert "Starting training" not in proc.stdout + proc.stderr
