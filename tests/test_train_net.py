@@ -101,9 +101,9 @@ def test_eval_only_of_the_exported_student_scores_what_the_run_scored(fitnet_run
     out, run = fitnet_run
     export = [sys.executable, REPO / "tools/export_student.py", out / "model_final.pth", tmp_path / "student.pth"]
     subprocess.run(export, check=True, capture_output=True)
-    proc = run_train_net(
-        "--config-file", STUDENT_CONFIG, "--eval-only", "MODEL.WEIGHTS", tmp_path / "student.pth", *ANY_SCORE,
-        "OUTPUT_DIR", tmp_path / "eval", datasets_root=datasets_root,
+    proc = run_train_net(  # the exported config names the weights and keeps the run's test settings
+        "--config-file", tmp_path / "student.yaml", "--eval-only", "OUTPUT_DIR", tmp_path / "eval",
+        datasets_root=datasets_root,
     )
     assert printed_ap(proc.stdout) == pytest.approx(printed_ap(run.stdout), nan_ok=True)
     detections = [json.loads((d / "inference/coco_instances_results.json").read_text()) for d in (out, tmp_path / "eval")]
