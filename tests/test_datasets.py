@@ -1,5 +1,6 @@
-"""The data sets kddet trains and scores on: detectron2's builtin VOC 2007 and COCO 2017 loaders and
-kddet's evaluators, on tiny fixtures in the on-disk formats, and the embedded shapes data set."""
+"""The data sets kddet trains and scores on: detectron2's builtin VOC 2007 and COCO 2017 loaders,
+kddet's VOC-layout folders of PNG and JPEG images, and kddet's evaluators, on tiny fixtures in the
+on-disk formats; and the embedded shapes data set."""
 import json
 import multiprocessing
 import os
@@ -8,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
