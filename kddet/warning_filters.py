@@ -15,6 +15,9 @@ KNOWN_HARMLESS = [
     # detectron2's anchor generator calls torch.meshgrid without `indexing`; it means "ij", which
     # is torch's default, so the anchors are what detectron2 intends.
     (UserWarning, r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing argument"),
+    # detectron2's model_zoo imports pkg_resources for resource_filename alone; once setuptools
+    # drops it, kddet.compat stands in for that one function.
+    (UserWarning, r"pkg_resources is deprecated as an API"),
 ]
 
 
