@@ -88,7 +88,7 @@ def test_log_says_which_teacher_and_losses_the_run_uses(fitnet_run, teacher_run)
     out, proc = fitnet_run
     for log in (proc.stdout, (out / "log.txt").read_text()):
         assert f"Loaded teacher configs/shapes/teacher_slim_r18.yaml from {teacher_run / 'model_final.pth'} (" in log
-        assert re.search(r"\|\s*FitNet\s*\|\s*weight 1\s*\|\s*p2 p3 p4 p5 p6\s*\|", log), log[-3000:]
+        assert re.search(r"\|\s*FitNet\s*\|\s*WEIGHT 1\s*\|\s*p2 p3 p4 p5 p6\s*\|", log), log[-3000:]
 
 
 def test_run_prints_no_third_party_warnings(fitnet_run):
