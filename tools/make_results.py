@@ -16,6 +16,7 @@ quoted table.
 
     python tools/make_results.py                        # full: the configs' schedules (quoted)
     python tools/make_results.py --schedule cpu-short   # students at half the iterations
+    python tools/make_results.py --schedule demo        # what tools/demo.py trains -> embedded_demo.md
     python tools/make_results.py --recipes fitnet kd --seeds 1 2 --jobs 1   # -> embedded_custom.md
 """
 import argparse
@@ -42,11 +43,11 @@ CONFIGS = REPO / "configs/shapes"
 TEACHER_CONFIG = CONFIGS / "teacher_slim_r18.yaml"
 STUDENT_CONFIG = CONFIGS / "student_slim_r8.yaml"
 NOT_RECIPES = {"Base-Shapes", "teacher_slim_r18", "student_slim_r8"}
-# Fraction of each config's own schedule the students train for; the teacher always trains its full
-# schedule, since every student of a table learns from the same teacher.
-# At a third (100 iterations) the students scored about 1 AP, too early to compare recipes.
+# The (teacher, students) fractions of their configs' own schedules (2400 and 600 iterations). Every
+# student of a table learns from the same teacher. "demo" is what tools/demo.py trains (teacher 400,
+# students 300): it fits in ten minutes, but its students are far from converged.
 # Warm-ups keep their length (see schedule_opts): at half length KD and the virtual teacher diverged.
-SCHEDULES = {"full": 1.0, "cpu-short": 1 / 2}
+SCHEDULES = {"full": (1.0, 1.0), "cpu-short": (1.0, 1 / 2), "demo": (1 / 6, 1 / 2)}
 SEEDS = [1, 2, 3]
 # The student alone, the teacher-free baseline, the card's methods and the combined recipe get five
 # seeds: their changes are the ones the table must resolve.
@@ -60,6 +61,13 @@ T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8:
 def all_recipes() -> List[str]:
     """The recipe names of configs/shapes/: every config there but the bases, teacher and student."""
     return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in NOT_RECIPES)
+
+
+def schedule_iters(schedule: str) -> Tuple[int, int]:
+    """The teacher's and the students' iterations in ``schedule`` (a key of SCHEDULES)."""
+    teacher_share, student_share = SCHEDULES[schedule]
+    return (round(load_config(TEACHER_CONFIG).SOLVER.MAX_ITER * teacher_share),
+            round(load_config(STUDENT_CONFIG).SOLVER.MAX_ITER * student_share))
 
 
 def seeds_of(name: str, chosen: Sequence[int] = ()) -> List[int]:
@@ -350,7 +358,7 @@ def model_sizes(device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="the students' share of their configs' schedule")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="teacher's and students' share of their configs' schedules")
     parser.add_argument("--student-iters", type=int, help="students' iterations instead of the schedule's")
     parser.add_argument("--teacher-iters", type=int, help="the teacher's iterations instead of its config's")
     parser.add_argument("--recipes", nargs="+", default=all_recipes(), help="recipe names in configs/shapes/ (default: all)")
@@ -374,12 +382,13 @@ def main() -> None:
 
     defaults = (args.student_iters, args.teacher_iters, recipes, args.seeds, args.opts) == (None, None, all_recipes(), None, [])
     tag = args.schedule if defaults else "custom"
-    student_iters = args.student_iters or round(load_config(STUDENT_CONFIG).SOLVER.MAX_ITER * SCHEDULES[args.schedule])
-    teacher_iters = args.teacher_iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
+    teacher_iters, student_iters = schedule_iters(args.schedule)
+    teacher_iters, student_iters = args.teacher_iters or teacher_iters, args.student_iters or student_iters
     output = Path(args.output).resolve() / tag
     runner = Runner(args.device, jobs, args.opts, args.retrain, cache_root=Path(args.output).resolve())
     # A teacher trained as its config says serves every tag; another one stays in its tag's folder.
-    teacher_dir = (output if args.teacher_iters or args.opts else output.parent) / "teacher"
+    own_teacher = args.opts or teacher_iters != load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
+    teacher_dir = (output if own_teacher else output.parent) / "teacher"
 
     def student_run(name: str, seed: int) -> dict:
         config = STUDENT_CONFIG if name == "student" else CONFIGS / f"{name}.yaml"
