@@ -405,7 +405,10 @@ def main() -> None:
     with ThreadPoolExecutor(jobs) as pool:
         # Submitted first, the teacher starts before any run can wait for it, whatever the pool size.
         teacher_job = pool.submit(train_teacher, runner, teacher_dir, teacher_iters)
-        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds[name]] for name in seeds}
+        # Runs without a teacher first, so that they fill the other slots while the teacher trains.
+        needs_teacher = {name: name != "student" and losses_need_teacher(load_config(CONFIGS / f"{name}.yaml")) for name in seeds}
+        order = sorted(seeds, key=lambda name: needs_teacher[name])
+        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds[name]] for name in order}
         try:
             teacher_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
             for job in sum(jobs_by_name.values(), []):
