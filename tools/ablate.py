@@ -26,7 +26,7 @@ BALANCE = ["KD.BALANCE.ENABLED", True]
 CHEN_HEADS = ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
 STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
-    # Where the student's seed-to-seed spread comes from: how far it is from converged.
+    # Whether a longer schedule narrows the student's seed-to-seed spread.
     "variance": [
         ("600 iterations (2x)", "student", ["SOLVER.MAX_ITER", 600, "SOLVER.STEPS", (450, 550)]),
     ],
