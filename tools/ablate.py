@@ -12,6 +12,7 @@ seeds, and the verdict of the same Welch t-test.
     python tools/ablate.py fgfi balance --seeds 1 2 3
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -66,7 +67,8 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
         "do not edit by hand.",
         "",
         f"COCO box AP on `kddet_shapes_val`; the student alone and every variant trained {student['iters']} iterations "
-        f"with seeds {', '.join(map(str, setting['seeds']))} (mean ± std); teacher {teacher['AP']:.1f} AP. "
+        f"with seeds {', '.join(map(str, setting['seeds']))} (mean ± std)"
+        + ("" if math.isnan(teacher["AP"]) else f"; teacher {teacher['AP']:.1f} AP") + ". "
         "Verdict: the Welch t-test at 95% of `tools/make_results.py`.",
         "",
         "| variant | recipe | options | AP | AP50 | ΔAP vs student | gap recovered | verdict |",
@@ -100,7 +102,11 @@ def main() -> None:
     iters = mr.load_config(mr.STUDENT_CONFIG).SOLVER.MAX_ITER
     start = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
-        teacher_job = pool.submit(mr.train_teacher, runner, output / "teacher")
+        needs_teacher = any(
+            recipe != "student" and mr.losses_need_teacher(mr.load_config(mr.CONFIGS / f"{recipe}.yaml"))
+            for study in args.studies for _, recipe, _ in STUDIES[study]
+        )
+        teacher_job = pool.submit(mr.train_teacher, runner, output / "teacher") if needs_teacher else None
 
         def run(name: str, recipe: str, opts: list, out_dir: Path, seed: int) -> dict:
             config = mr.STUDENT_CONFIG if recipe == "student" else mr.CONFIGS / f"{recipe}.yaml"
@@ -126,7 +132,8 @@ def main() -> None:
             for study in args.studies
         }
         students = [job.result() for job in student_jobs]
-        teacher = teacher_job.result()
+        # A study of the student alone neither waits for nor trains the teacher (make_results may be).
+        teacher = teacher_job.result() if teacher_job else {"AP": math.nan}
         for study, variant_jobs in study_jobs.items():
             runs = {"student": students}
             runs.update({str(i): [job.result() for job in jobs_] for i, jobs_ in enumerate(variant_jobs)})
