@@ -12,26 +12,29 @@ def run(ap):
     return {"AP": ap, "AP50": ap + 20, "AP75": ap - 5, "iters": 300, "minutes": 1.5}
 
 
-def test_table_states_gain_gap_and_the_spread_from_the_results_table():
+def test_table_states_gain_gap_and_the_students_spread_from_the_results_table():
     rows = {"teacher": run(40.0), "student": run(20.0), "combined": run(32.0)}
     results = {"rows": [
         {"name": "student", "AP": 20.4, "AP_std": 0.6, "seeds": 5},
-        {"name": "sp", "AP": 28.0, "AP_std": 1.0, "seeds": 3},
         {"name": "combined", "AP": 31.5, "AP_std": 0.9, "seeds": 5},
     ]}
-    spread = demo.seed_spread(results)
-    assert set(spread) == {"student", "combined"}
-    table = demo.format_table(rows, spread)
+    student = demo.student_spread(results)
+    assert student["AP"] == 20.4
+    table = demo.format_table(rows, student)
     assert "| student + combined recipe (NST, SP, Chen et al.'s head losses) | 300 | 1.5 | 32.0 | 52.0 | 27.0 |" in table
     assert "Teacher-student gap 20.0 AP; the combined recipe changes the student by +12.0 AP (+60% of the gap)." in table
-    assert "student alone scores 20.4 ± 0.6 AP over 5 seeds, the combined recipe 31.5 ± 0.9 over 5" in table
+    assert "the student alone scores 20.4 ± 0.6 AP over 5 seeds" in table
 
 
 def test_without_a_results_table_the_demo_still_prints_its_own():
     rows = {"teacher": run(40.0), "student": run(20.0), "combined": run(19.0)}
-    table = demo.format_table(rows, demo.seed_spread(None))
+    table = demo.format_table(rows, demo.student_spread(None))
     assert "changes the student by -1.0 AP (-5% of the gap)" in table and "Seed to seed" not in table
 
 
-def test_every_demo_config_exists():
+def test_the_demo_trains_make_results_demo_schedule():
+    teacher_iters, student_iters = demo.make_results.schedule_iters("demo")
+    assert (demo.TEACHER_ITERS, demo.STUDENT_ITERS) == (teacher_iters, student_iters)
+    # The demo's student is the results table's: same config, same iterations.
+    assert student_iters == demo.make_results.schedule_iters("full")[1]
     assert all((REPO / config).is_file() for _, config, _, _ in demo.RUNS)
