@@ -181,6 +181,13 @@ def distillation_summary(
             ])
         headers = ["loss", "weight", "levels", "warm-up iters", "reads"]
         lines.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True))
+        balance = cfg.KD.BALANCE
+        if balance.ENABLED:
+            balanced = list(balance.LOSSES) or losses
+            lines.append(
+                f"  KD.BALANCE: {', '.join(balanced)} measured for {balance.ITERS} iterations each, then held at "
+                f"{balance.RATIO:g} x the detector's losses; their weights above only set where measuring starts"
+            )
     if model is not None:
         teacher = getattr(model, "teacher", None)
         counts = {

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
 from kddet.dry_run import dry_run
 from kddet.engine import Trainer
-from kddet.validation import check_distillation, distillation_problems
+from kddet.validation import check_distillation, distillation_problems, distillation_summary
 
 SHAPES = REPO / "configs/shapes"
 RECIPES = sorted(p for p in REPO.glob("configs/*/*.yaml") if load_config(p).KD.LOSSES)
@@ -135,6 +135,14 @@ def test_the_training_log_has_the_summary(teacher_weights, caplog):
     teacher_params = sum(p.numel() for p in model.teacher.parameters()) / 1e6
     assert f"| teacher " in summary and f"{teacher_params:.2f} |" in summary
     assert "GFLOPs" not in summary  # FLOPs are the dry run's
+
+
+def test_the_summary_says_which_losses_are_balanced():
+    cfg = load_config(SHAPES / "combined.yaml", "KD.BALANCE.ENABLED", True, "KD.BALANCE.LOSSES", ["NST", "SP"])
+    assert "KD.BALANCE: NST, SP measured for 20 iterations each, then held at 0.5 x the detector's losses" in (
+        distillation_summary(cfg)
+    )
+    assert "KD.BALANCE" not in distillation_summary(load_config(SHAPES / "combined.yaml"))
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=CONFIG_ID)
