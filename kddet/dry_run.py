@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from detectron2.config import CfgNode
-from detectron2.modeling import GeneralizedRCNN, build_model
+from detectron2.modeling import build_model
 
 from .complexity import inference_gflops
-from .losses import build_kd_losses, losses_need_teacher
+from .losses import losses_need_teacher
 from .modeling import DistillationRCNN
-from .teacher import build_teacher
 from .validation import DISTILLATION_ARCH, distillation_problems, distillation_summary
 
 __all__ = ["dry_run"]
@@ -53,14 +52,6 @@ def _teacher_weights_missing(cfg: CfgNode) -> bool:
         and os.path.isfile(cfg.KD.TEACHER.CONFIG_FILE)
         and not os.path.isfile(cfg.KD.TEACHER.WEIGHTS)
     )
-
-
-def _build_with_random_teacher(cfg: CfgNode) -> DistillationRCNN:
-    """What ``DistillationRCNN.from_config`` builds, with the teacher's weights left random."""
-    student = GeneralizedRCNN.from_config(cfg)
-    teacher = build_teacher(cfg, load_weights=False)
-    kd_losses = build_kd_losses(cfg, student["backbone"].output_shape(), teacher.backbone.output_shape())
-    return DistillationRCNN(teacher=teacher, kd_losses=kd_losses, **student)
 
 
 def _student_weights_error(cfg: CfgNode) -> Optional[str]:
@@ -102,7 +93,7 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
                     f"Teacher weights not found: '{cfg.KD.TEACHER.WEIGHTS}'. Set KD.TEACHER.WEIGHTS to the teacher's "
                     "checkpoint. (The rest was checked with a teacher of random weights.)"
                 )
-                model = _build_with_random_teacher(build_cfg)
+                model = DistillationRCNN(build_cfg, load_teacher_weights=False)
             else:
                 model = build_model(build_cfg)
         except (ValueError, FileNotFoundError) as error:

@@ -63,9 +63,10 @@ class DistillationRCNN(GeneralizedRCNN):
             self._check_teacher_fits()
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, load_teacher_weights: bool = True):
+        """``load_teacher_weights=False`` leaves the teacher's weights random (the ``--check`` dry run)."""
         student_kwargs = super().from_config(cfg)
-        teacher = build_teacher(cfg) if losses_need_teacher(cfg) else None
+        teacher = build_teacher(cfg, load_weights=load_teacher_weights) if losses_need_teacher(cfg) else None
         student_shapes = student_kwargs["backbone"].output_shape()
         teacher_shapes = teacher.backbone.output_shape() if teacher is not None else {}
         kd_losses = build_kd_losses(cfg, student_shapes, teacher_shapes)
