@@ -16,7 +16,9 @@ def pkt_conditionals(features: torch.Tensor) -> torch.Tensor:
     ``K(a, b) = (cos(a, b) + 1) / 2`` (Passalis & Tefas 2018, sec. 3); ``(R, D)`` features give
     ``(R, R)``, column ``j`` the distribution over ``i != j`` (0 on the diagonal)."""
     unit = F.normalize(features.float(), dim=1)
-    kernel = (unit @ unit.t() + 1.0) / 2.0
+    # The KL compares near-equal distributions: autocast's fp16/bf16 cosines would swamp it (2% in bf16).
+    with torch.autocast(device_type=unit.device.type, enabled=False):
+        kernel = (unit @ unit.t() + 1.0) / 2.0
     kernel = kernel * (1.0 - torch.eye(len(kernel), device=kernel.device))
     return kernel / kernel.sum(dim=0, keepdim=True).clamp(min=EPS)
 

@@ -12,8 +12,12 @@ __all__ = ["SP", "sp_loss"]
 def sp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """``G = Q Q^T`` with rows L2-normalised, ``L = 1/b^2 ||G_T - G_S||_F^2`` (Tung & Mori 2019,
     sec. 3), ``b`` the number of samples; ``(b, D)`` features, ``D`` may differ."""
-    g_s = F.normalize(student.float() @ student.float().t(), dim=1)
-    g_t = F.normalize(teacher.float() @ teacher.float().t(), dim=1)
+    student, teacher = student.float(), teacher.float()
+    # Autocast would run these matmuls in fp16, whose largest value (65504) a row's self dot product
+    # passes at about x12 of unit-scale box-head features: G turns Inf and the loss NaN.
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        g_s = F.normalize(student @ student.t(), dim=1)
+        g_t = F.normalize(teacher @ teacher.t(), dim=1)
     return (g_t - g_s).pow(2).sum() / len(g_s) ** 2
 
 
