@@ -1,6 +1,8 @@
 """The trainer and config set-up shared by tools/train_net.py and the demo."""
 import logging
+import os
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.utils import comm
@@ -10,7 +12,7 @@ from .config import load_config
 from .evaluation import build_evaluator, check_test_datasets
 from .validation import check_distillation, distillation_summary
 
-__all__ = ["Trainer", "divergence_hint", "setup_cfg", "student_only"]
+__all__ = ["Trainer", "check_resumable", "divergence_hint", "setup_cfg", "student_only"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,11 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
+    def resume_or_load(self, resume=True):
+        if resume and self.checkpointer.has_checkpoint():
+            check_resumable(self.checkpointer)
+        super().resume_or_load(resume=resume)
+
     def run_step(self):
         # detectron2 raises FloatingPointError when the RPN's boxes or the summed losses turn Inf/NaN,
         # the latter before the optimizer steps; checking here costs no extra device sync.
@@ -43,6 +50,33 @@ class Trainer(DefaultTrainer):
             super().run_step()
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}\n{divergence_hint(self.cfg)}") from error
+
+
+def check_resumable(checkpointer: DetectionCheckpointer) -> None:
+    """Stop, naming the file to blame and what to do, if ``last_checkpoint`` or the checkpoint it
+    names cannot be read (a disk that filled up, a copy cut short): detectron2 would raise an
+    EOFError, a KeyError or a zip reader's error that says neither. Reads the checkpoint once more
+    than resuming does."""
+    record = os.path.join(checkpointer.save_dir, "last_checkpoint")
+    record_fix = (
+        f"delete it to start again from MODEL.WEIGHTS, or write into it the name of a good model_*.pth of "
+        f"{checkpointer.save_dir}"
+    )
+    try:
+        path = checkpointer.get_checkpoint_file()
+    except UnicodeDecodeError as error:
+        raise RuntimeError(f"Cannot resume: {record} is damaged (not text); {record_fix}.") from error
+    if not os.path.isfile(path):
+        raise RuntimeError(f"Cannot resume: {record} names {path}, which is not a file; {record_fix}.")
+    try:
+        checkpointer._load_file(path)
+    except Exception as error:
+        raise RuntimeError(
+            f"Cannot resume from {path}, named by {record}: the file is damaged ({type(error).__name__}, see "
+            f"the error above). Delete it and write the name of an earlier model_*.pth into {record} (or "
+            "delete that too, to start again from MODEL.WEIGHTS), or point MODEL.WEIGHTS at a good checkpoint "
+            "and run without --resume (iterations then restart at 0)."
+        ) from error
 
 
 def divergence_hint(cfg: CfgNode) -> str:

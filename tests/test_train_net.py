@@ -1,15 +1,24 @@
 """End to end through tools/train_net.py: train a teacher, distil a student from it with FitNets,
-evaluate, export and re-evaluate the student alone, and resume the distillation run."""
+evaluate, export and re-evaluate the student alone, and resume the distillation run, also after
+a SIGKILL; a damaged checkpoint to resume from is named, with the fix."""
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
+
+import kddet  # noqa: F401  (shims and registrations first)
+from detectron2.checkpoint import DetectionCheckpointer
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, run_train_net, write_voc_image, write_voc_split
+from kddet.engine import check_resumable
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +200,82 @@ def test_a_test_set_that_cannot_be_evaluated_stops_training_before_it_starts(tmp
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ValueError: Data set 'user_voc_test' in DATASETS.TEST is not registered.")
     assert "Starting training" not in proc.stdout + proc.stderr
+
+
+# Killed mid-run and resumed.
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cut_short(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, record, name: str, timeout: float) -> None:
+    """Until ``record`` (last_checkpoint) names ``name``: detectron2 writes it once that checkpoint is saved."""
+    deadline = time.monotonic() + timeout
+    while not (record.is_file() and record.read_text() == name):
+        assert proc.poll() is None, f"train_net exited with {proc.returncode} before writing {name}"
+        assert time.monotonic() < deadline, f"no {name} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_run_killed_after_its_first_checkpoint_resumes_from_it(teacher_weights, tmp_path, datasets_root):
+    out = tmp_path / "fitnet"
+    teacher_hash = sha256(teacher_weights)
+    run = (
+        "--config-file", FITNET_CONFIG, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 3,
+        "KD.TEACHER.WEIGHTS", teacher_weights, "DATASETS.TEST", "()", "OUTPUT_DIR", out,
+    )  # fmt: skip
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tools/train_net.py"), *map(str, run)],
+            cwd=REPO, env=dict(os.environ, DETECTRON2_DATASETS=str(datasets_root)), stdout=log, stderr=log,
+        )
+        try:
+            wait_for_checkpoint(proc, out / "last_checkpoint", "model_0000002.pth", timeout=120)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert not (out / "model_final.pth").exists()  # killed mid-run, not after it
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    cut_short(damaged / "model_0000002.pth")
+    failed = run_train_net("--resume", *run, "OUTPUT_DIR", damaged, datasets_root=datasets_root, returncode=1)
+    blamed = f"Cannot resume from {damaged / 'model_0000002.pth'}, named by {damaged / 'last_checkpoint'}"
+    assert f"RuntimeError: {blamed}: the file is damaged" in failed.stderr
+    assert "Starting training" not in failed.stdout + failed.stderr
+
+    resumed = run_train_net("--resume", *run, datasets_root=datasets_root).stdout
+    assert f"Loading from {out / 'model_0000002.pth'}" in resumed
+    assert "Starting training from iteration 3" in resumed
+    # detectron2 writes metrics.json every 20 iterations and at the last: the resumed run's one line.
+    assert [r["iteration"] for r in metrics(out)] == [5]
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert sha256(teacher_weights) == teacher_hash
+
+
+# How a checkpoint folder can be damaged, and the file the message must blame.
+DAMAGES = {
+    "checkpoint cut short": (lambda d: cut_short(d / "model_0000002.pth"), "model_0000002.pth"),
+    "empty checkpoint": (lambda d: (d / "model_0000002.pth").write_bytes(b""), "model_0000002.pth"),
+    "checkpoint deleted": (lambda d: (d / "model_0000002.pth").unlink(), "last_checkpoint"),
+    "empty last_checkpoint": (lambda d: (d / "last_checkpoint").write_text(""), "last_checkpoint"),
+    "binary last_checkpoint": (lambda d: (d / "last_checkpoint").write_bytes(b"\x80\xff"), "last_checkpoint"),
+}
+
+
+@pytest.mark.parametrize("damage, blamed", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_checkpoint_to_resume_from_names_the_file_and_the_fix(damage, blamed, tmp_path):
+    checkpointer = DetectionCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
+    checkpointer.save("model_0000002", iteration=2)
+    check_resumable(checkpointer)  # intact: nothing to say
+    damage(tmp_path)
+    with pytest.raises(RuntimeError) as error:
+        check_resumable(checkpointer)
+    message = str(error.value)
+    assert re.match(f"Cannot resume(: | from ){re.escape(str(tmp_path / blamed))}", message), message
+    assert "delete it" in message.lower() and "MODEL.WEIGHTS" in message
