@@ -10,16 +10,19 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .data.from_config import register_config_datasets
+
 __all__ = ["add_kddet_config", "load_config"]
 
 
 def load_config(path: str, opts: Sequence = ()) -> CN:
     """detectron2's defaults with kddet's nodes, then the file at ``path``, then ``opts``
-    (KEY VALUE ...); not frozen."""
+    (KEY VALUE ...); not frozen. The data sets of its ``DATASETS.REGISTER`` are registered."""
     cfg = get_cfg()
     add_kddet_config(cfg)
     cfg.merge_from_file(str(path))
     cfg.merge_from_list(list(opts))
+    register_config_datasets(cfg)
     return cfg
 
 
@@ -30,6 +33,11 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.MODEL.SLIM_RESNET = CN()
     cfg.MODEL.SLIM_RESNET.STAGE_CHANNELS = [64, 128, 256, 512]
     cfg.MODEL.SLIM_RESNET.BLOCKS_PER_STAGE = [2, 2, 2, 2]
+
+    # The user's own data sets, registered by load_config (kddet/data/from_config.py): one node per
+    # data set, named as DATASETS.TRAIN/TEST name it. A node per name reads in yaml as the data
+    # sets themselves do, where parallel lists would have to be kept in step by hand.
+    cfg.DATASETS.REGISTER = CN(new_allowed=True)
 
     cfg.KD = CN()
     cfg.KD.TEACHER = CN()

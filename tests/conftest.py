@@ -1,11 +1,12 @@
 """Shared fixtures: the embedded data set in a temporary DETECTRON2_DATASETS, a teacher
 checkpoint written from a freshly built teacher, and a way to run tools/train_net.py."""
+import json
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -106,3 +107,28 @@ def write_voc_image(dirname: Path, image_id: str, objects, size: Tuple[int, int]
 def write_voc_split(dirname: Path, split: str, image_ids: Sequence[str]) -> None:
     (dirname / "ImageSets/Main").mkdir(parents=True, exist_ok=True)
     (dirname / f"ImageSets/Main/{split}.txt").write_text("".join(f"{image_id}\n" for image_id in image_ids))
+
+
+def write_coco_instances(
+    json_file: Path,
+    image_root: Path,
+    images: Dict[str, Tuple[int, int]],
+    boxes: Sequence[Tuple[str, int, List[float]]],
+    categories: Dict[int, str],
+) -> None:
+    """A COCO instances json and its images: ``images`` are file name: (width, height), ``boxes``
+    (file name, category id, [x, y, w, h]) in absolute pixels, ``categories`` id: name."""
+    ids = {file_name: index + 1 for index, file_name in enumerate(images)}
+    dataset = {
+        "info": {"description": "kddet test fixture"},
+        "images": [{"id": ids[f], "file_name": f, "width": w, "height": h} for f, (w, h) in images.items()],
+        "annotations": [
+            {"id": index + 1, "image_id": ids[f], "category_id": c, "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+            for index, (f, c, box) in enumerate(boxes)
+        ],
+        "categories": [{"id": i, "name": name, "supercategory": ""} for i, name in categories.items()],
+    }
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    json_file.write_text(json.dumps(dataset))
+    for file_name, size in images.items():
+        write_image(image_root / file_name, *size)

@@ -41,12 +41,15 @@ def student_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:
 
 def student_config(cfg: CfgNode, weights: Path) -> CfgNode:
     """The plain student's config from a run's: GeneralizedRCNN, no ``KD`` node, ``MODEL.WEIGHTS``
-    the student's exported weights; ``MODEL.SLIM_RESNET`` only where kddet's backbone reads it."""
+    the student's exported weights; ``MODEL.SLIM_RESNET`` and ``DATASETS.REGISTER`` only where the
+    backbone is kddet's, whose config detectron2 cannot read anyway."""
     cfg = student_only(cfg).clone()
     cfg.defrost()
     del cfg["KD"]
     if not BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME).__module__.startswith("kddet."):
-        del cfg.MODEL["SLIM_RESNET"]  # then detectron2's get_cfg() reads the file as it is
+        # then detectron2's get_cfg() reads the file as it is (inference needs no data set)
+        del cfg.MODEL["SLIM_RESNET"]
+        del cfg.DATASETS["REGISTER"]
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     return cfg
 

@@ -1,17 +1,20 @@
-"""Data sets in the PASCAL VOC devkit layout whose images are not all ``.jpg``.
+"""Data sets in the PASCAL VOC devkit layout, read with checks, whose images need not be ``.jpg``.
 
-detectron2's VOC loader reads ``Annotations/<id>.xml`` and names every image
-``JPEGImages/<id>.jpg``. ``register_voc_folder`` registers such a folder with the images it has:
-one extension for all, or, when none is given, each image's own (PNG and JPEG sources may mix).
-detectron2's builtin VOC names (``voc_2007_trainval``, ...) are left as they are.
+detectron2's VOC loader names every image ``JPEGImages/<id>.jpg``, fails on a split file of one
+line (``np.loadtxt`` returns a 0-d array) and stops with a bare ``ValueError`` on a class it was
+not given. ``load_voc_folder`` reads the same layout into the same dicts, finds each image whatever
+its extension (or takes one for all), and stops on a missing file, an unknown class, a box outside
+its image or an empty split with a message naming the file to fix. detectron2's builtin VOC names
+(``voc_2007_trainval``, ...) are left as they are.
 """
 import os
+import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence
 
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.pascal_voc import load_voc_instances
+from detectron2.structures import BoxMode
 
 __all__ = ["load_voc_folder", "register_voc_folder"]
 
@@ -34,6 +37,47 @@ def _image_files(image_dir: str) -> Dict[str, str]:
     return files
 
 
+def _split_ids(dirname: str, split: str) -> List[str]:
+    """The image ids of ``ImageSets/Main/<split>.txt``, one per line."""
+    split_file = os.path.join(dirname, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(split_file):
+        raise FileNotFoundError(
+            f"No split file {split_file}: a VOC folder lists the image ids of split '{split}' there, one per line."
+        )
+    with open(split_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    if not ids:
+        raise ValueError(f"{split_file} lists no image ids: write the ids of split '{split}' in it, one per line.")
+    return ids
+
+
+def _read_annotation(xml_file: str, class_names: Sequence[str]) -> dict:
+    """One image's size and boxes (0-based XYXY; VOC's are 1-based inclusive pixel indices, so
+    xmin=1, xmax=W covers the whole image); difficult objects are kept, as detectron2 keeps them."""
+    if not os.path.isfile(xml_file):
+        raise FileNotFoundError(f"No annotation {xml_file}: write it, or remove its id from the split file.")
+    tree = ET.parse(xml_file)
+    width, height = int(tree.findtext("./size/width")), int(tree.findtext("./size/height"))
+    annotations = []
+    for obj in tree.findall("object"):
+        name = obj.findtext("name").strip()
+        if name not in class_names:
+            raise ValueError(
+                f"{xml_file} has an object of class '{name}', which is not among the classes {list(class_names)}: "
+                "add it to the class list, or correct the name in the file."
+            )
+        x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{side}")) for side in ("xmin", "ymin", "xmax", "ymax"))
+        if not (1 <= x0 <= x1 <= width and 1 <= y0 <= y1 <= height):
+            raise ValueError(
+                f"{xml_file} has a '{name}' box (xmin {x0:g}, ymin {y0:g}, xmax {x1:g}, ymax {y1:g}) outside its "
+                f"{width}x{height} image (VOC boxes are 1-based pixel indices, 1 <= xmin <= xmax <= width): correct it."
+            )
+        annotations.append(
+            {"category_id": class_names.index(name), "bbox": [x0 - 1.0, y0 - 1.0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS}
+        )
+    return {"height": height, "width": width, "annotations": annotations}
+
+
 def load_voc_folder(
     dirname: str, split: str, class_names: Sequence[str], image_ext: Optional[str] = None
 ) -> List[dict]:
@@ -41,20 +85,29 @@ def load_voc_folder(
     image ``JPEGImages/<id><image_ext>``, or, with ``image_ext`` None, the image of that id the
     folder holds, whatever its extension."""
     image_dir = os.path.join(dirname, "JPEGImages")
-    records = load_voc_instances(dirname, split, list(class_names))
-    if image_ext is not None:
-        ext = image_ext if image_ext.startswith(".") else f".{image_ext}"
-        return [dict(r, file_name=os.path.join(image_dir, f"{r['image_id']}{ext}")) for r in records]
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"No image folder {image_dir}: a VOC folder keeps its images in JPEGImages/.")
-    files = _image_files(image_dir)
-    missing = [str(r["image_id"]) for r in records if r["image_id"] not in files]
+    ids = _split_ids(dirname, split)
+    if image_ext is not None:
+        ext = image_ext if image_ext.startswith(".") else f".{image_ext}"
+        files = {i: f"{i}{ext}" for i in ids if os.path.isfile(os.path.join(image_dir, f"{i}{ext}"))}
+    else:
+        files = _image_files(image_dir)
+    missing = [i for i in ids if i not in files]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of the {len(records)} ids in ImageSets/Main/{split}.txt have no image in {image_dir} "
+            f"{len(missing)} of the {len(ids)} ids in ImageSets/Main/{split}.txt have no image in {image_dir} "
             f"(e.g. {missing[:3]}); add the images, or remove their ids from {split}.txt."
         )
-    return [dict(r, file_name=os.path.join(image_dir, files[r["image_id"]])) for r in records]
+    class_names = list(class_names)
+    return [
+        dict(
+            _read_annotation(os.path.join(dirname, "Annotations", f"{i}.xml"), class_names),
+            file_name=os.path.join(image_dir, files[i]),
+            image_id=i,
+        )
+        for i in ids
+    ]
 
 
 def register_voc_folder(
