@@ -19,6 +19,7 @@ from detectron2.modeling import build_model
 
 from .complexity import inference_gflops
 from .losses import losses_need_teacher
+from .model_zoo import config_file, is_url, not_downloaded, weights_available
 from .modeling import DistillationRCNN
 from .validation import DISTILLATION_ARCH, distillation_problems, distillation_summary
 
@@ -49,14 +50,14 @@ def _teacher_weights_missing(cfg: CfgNode) -> bool:
     return (
         cfg.MODEL.META_ARCHITECTURE == DISTILLATION_ARCH
         and losses_need_teacher(cfg)
-        and os.path.isfile(cfg.KD.TEACHER.CONFIG_FILE)
-        and not os.path.isfile(cfg.KD.TEACHER.WEIGHTS)
+        and config_file(cfg.KD.TEACHER.CONFIG_FILE) is not None
+        and not weights_available(cfg.KD.TEACHER.WEIGHTS)
     )
 
 
 def _student_weights_error(cfg: CfgNode) -> Optional[str]:
     weights = cfg.MODEL.WEIGHTS
-    if not weights or "://" in weights or os.path.isfile(weights):
+    if not weights or is_url(weights) or os.path.isfile(weights):
         return None
     return (
         f"MODEL.WEIGHTS not found: '{weights}' (the student's initial weights, loaded before the first step). "
@@ -89,10 +90,14 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
     with _kddet_warnings() as logged:
         try:
             if _teacher_weights_missing(build_cfg):
-                errors.append(
-                    f"Teacher weights not found: '{cfg.KD.TEACHER.WEIGHTS}'. Set KD.TEACHER.WEIGHTS to the teacher's "
-                    "checkpoint. (The rest was checked with a teacher of random weights.)"
-                )
+                weights, random_teacher = cfg.KD.TEACHER.WEIGHTS, "(The rest was checked with a teacher of random weights.)"
+                if is_url(weights):  # an online run downloads it
+                    warnings.append(f"{not_downloaded(weights, 'KD.TEACHER.WEIGHTS')} {random_teacher}")
+                else:
+                    errors.append(
+                        f"Teacher weights not found: '{weights}'. Set KD.TEACHER.WEIGHTS to the teacher's checkpoint. "
+                        + random_teacher
+                    )
                 model = DistillationRCNN(build_cfg, load_teacher_weights=False)
             else:
                 model = build_model(build_cfg)
@@ -103,6 +108,8 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
     student_weights = _student_weights_error(cfg)
     if student_weights:
         errors.append(student_weights)
+    if is_url(cfg.MODEL.WEIGHTS) and not weights_available(cfg.MODEL.WEIGHTS):
+        warnings.append(not_downloaded(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"))
 
     lines = [distillation_summary(cfg, model, _gflops(cfg, model) if flops and model is not None else None)]
     lines += [f"ERROR: {error}" for error in errors] + [f"WARNING: {warning}" for warning in warnings]

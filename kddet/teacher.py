@@ -13,6 +13,7 @@ from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import ImageList
 
 from .config import load_config
+from .model_zoo import config_file, download, is_url
 
 __all__ = [
     "load_teacher_config",
@@ -30,12 +31,14 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     path = cfg.KD.TEACHER.CONFIG_FILE
     if not path:
         raise ValueError("KD.LOSSES needs a teacher, but KD.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file.")
-    if not os.path.isfile(path):
+    resolved = config_file(path)
+    if resolved is None:
         raise FileNotFoundError(
-            f"Teacher config file not found: {os.path.abspath(path)}. Set KD.TEACHER.CONFIG_FILE to the config "
-            "the teacher was trained with."
+            f"Teacher config file not found: {os.path.abspath(path)}, and detectron2's model zoo has no config of that "
+            "name. Set KD.TEACHER.CONFIG_FILE to the config the teacher was trained with, or to a model-zoo name "
+            "(e.g. COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml)."
         )
-    teacher_cfg = load_config(path)
+    teacher_cfg = load_config(resolved)
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = cfg.KD.TEACHER.WEIGHTS
     return teacher_cfg
@@ -49,11 +52,7 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     """
     teacher_cfg = load_teacher_config(cfg)
     weights = teacher_cfg.MODEL.WEIGHTS
-    if load_weights and (not weights or not os.path.isfile(weights)):
-        raise FileNotFoundError(
-            f"Teacher weights not found: '{weights}'. Set KD.TEACHER.WEIGHTS to the teacher's checkpoint "
-            "(e.g. output/teacher/model_final.pth from tools/train_net.py)."
-        )
+    local_file = _local_weights(weights) if load_weights else None
     if teacher_cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise ValueError(
             f"The teacher config {cfg.KD.TEACHER.CONFIG_FILE} builds a {teacher_cfg.MODEL.META_ARCHITECTURE}; "
@@ -61,7 +60,7 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
         )
     teacher = build_model(teacher_cfg)
     if load_weights:
-        _load_strictly(teacher, weights)
+        _load_strictly(teacher, local_file)
     teacher.eval()
     teacher.requires_grad_(False)
     check_teacher_matches_student(teacher_cfg, cfg)
@@ -71,7 +70,26 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     return teacher
 
 
+_MISSING_WEIGHTS = (
+    "Teacher weights not found: '{weights}'. Set KD.TEACHER.WEIGHTS to the teacher's checkpoint (e.g. "
+    "output/teacher/model_final.pth from tools/train_net.py, or a model-zoo detectron2://.../model_final_*.pkl)."
+)
+
+
+def _local_weights(weights: str) -> str:
+    """The teacher checkpoint's local file: ``weights``, or its download from the model zoo."""
+    if is_url(weights):
+        return download(weights, "KD.TEACHER.WEIGHTS")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(_MISSING_WEIGHTS.format(weights=weights))
+    return weights
+
+
 def _load_strictly(teacher: nn.Module, weights: str) -> None:
+    """Load every tensor of ``teacher`` from the local file ``weights``. DetectionCheckpointer reads
+    detectron2's .pth and model-zoo .pkl files (numpy arrays; renamed by its matching heuristics
+    where the file asks for them, Detectron/Caffe2 names always); a tensor of the teacher that
+    is still missing, or of another shape, afterwards is an error."""
     checkpointer = DetectionCheckpointer(teacher)
     try:
         checkpoint = checkpointer._load_file(weights)

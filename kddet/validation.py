@@ -19,6 +19,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from .config import add_kddet_config
 from .losses import KD_LOSS_REGISTRY, kd_loss_classes
+from .model_zoo import cached_file, config_file, is_url
 
 __all__ = ["DISTILLATION_ARCH", "check_distillation", "distillation_problems", "distillation_summary", "term_weights"]
 
@@ -147,9 +148,19 @@ def _num_params(module: Optional[nn.Module], skip_prefix: str = "") -> Optional[
 def _weights_line(path: str) -> str:
     if not path:
         return "(none)"
-    if "://" in path:  # a model-zoo or URL checkpoint, fetched when training starts
-        return path
+    if is_url(path):  # a model-zoo or URL checkpoint, downloaded when training starts unless cached
+        cached = cached_file(path)
+        return f"{path} ({'cached: ' if os.path.isfile(cached) else 'not downloaded yet; training downloads it to '}{cached})"
     return path if os.path.isfile(path) else f"{path} (not found)"
+
+
+def _config_line(path: str) -> str:
+    if not path:
+        return "(none)"
+    resolved = config_file(path)
+    if resolved is None:
+        return f"{path} (not found)"
+    return path if resolved == path else f"{path} (detectron2 model zoo: {resolved})"
 
 
 def distillation_summary(
@@ -162,7 +173,7 @@ def distillation_summary(
     lines = [f"Distillation: MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}, KD.LOSSES {list(cfg.KD.LOSSES)}"]
     lines.append(f"  student weights (MODEL.WEIGHTS): {_weights_line(cfg.MODEL.WEIGHTS)}")
     if _needs_teacher(losses):
-        lines.append(f"  teacher config (KD.TEACHER.CONFIG_FILE): {cfg.KD.TEACHER.CONFIG_FILE or '(none)'}")
+        lines.append(f"  teacher config (KD.TEACHER.CONFIG_FILE): {_config_line(cfg.KD.TEACHER.CONFIG_FILE)}")
         lines.append(f"  teacher weights (KD.TEACHER.WEIGHTS): {_weights_line(cfg.KD.TEACHER.WEIGHTS)}")
     elif losses:
         lines.append("  teacher: none (no enabled loss reads one)")
