@@ -90,7 +90,8 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
     with _kddet_warnings() as logged:
         try:
             if _teacher_weights_missing(build_cfg):
-                weights, random_teacher = cfg.KD.TEACHER.WEIGHTS, "(The rest was checked with a teacher of random weights.)"
+                weights = cfg.KD.TEACHER.WEIGHTS
+                random_teacher = "(The rest was checked with a teacher of random weights.)"
                 if is_url(weights):  # an online run downloads it
                     warnings.append(f"{not_downloaded(weights, 'KD.TEACHER.WEIGHTS')} {random_teacher}")
                 else:

@@ -150,7 +150,8 @@ def _weights_line(path: str) -> str:
         return "(none)"
     if is_url(path):  # a model-zoo or URL checkpoint, downloaded when training starts unless cached
         cached = cached_file(path)
-        return f"{path} ({'cached: ' if os.path.isfile(cached) else 'not downloaded yet; training downloads it to '}{cached})"
+        state = "cached:" if os.path.isfile(cached) else "not downloaded yet; training downloads it to"
+        return f"{path} ({state} {cached})"
     return path if os.path.isfile(path) else f"{path} (not found)"
 
 

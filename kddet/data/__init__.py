@@ -1,4 +1,13 @@
-"""kddet's data sets: the embedded shapes, and VOC-layout folders with images of any format."""
+"""kddet's data sets: the embedded shapes, VOC-layout folders with images of any format, COCO
+jsons read with checks, and the data sets a config's ``DATASETS.REGISTER`` names."""
+from .coco import load_coco_checked, register_coco_checked
+from .from_config import register_config_datasets
 from .voc import load_voc_folder, register_voc_folder
 
-__all__ = ["load_voc_folder", "register_voc_folder"]
+__all__ = [
+    "load_coco_checked",
+    "load_voc_folder",
+    "register_coco_checked",
+    "register_config_datasets",
+    "register_voc_folder",
+]

@@ -46,7 +46,8 @@ def _spec(name: str, node: CfgNode) -> dict:
     required, optional = DATASET_KEYS[kind]
     unknown = sorted(set(node) - {"FORMAT", *required, *optional})
     if unknown:
-        raise ValueError(f"{key} has keys a {kind} data set does not read: {unknown}. Its keys: {['FORMAT', *required, *optional]}.")
+        keys = ["FORMAT", *required, *optional]
+        raise ValueError(f"{key} has keys a {kind} data set does not read: {unknown}. Its keys: {keys}.")
     missing = [k for k in required if not node.get(k)]
     if missing:
         raise ValueError(f"{key} is a {kind} data set and needs {', '.join(f'{key}.{k}' for k in missing)}.")
