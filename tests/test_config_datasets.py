@@ -80,6 +80,12 @@ def test_a_voc_folder_and_a_coco_json_register_from_the_config(tmp_path, voc, co
     assert cfg.DATASETS.REGISTER[voc_name].SPLIT == "val"
 
 
+def test_classes_may_be_written_as_a_tuple_the_way_detectron2_configs_write_them(tmp_path, voc):
+    name = next(_names)
+    load_config(write_config(tmp_path, {name: node(FORMAT="voc", DIRNAME=str(voc), SPLIT="val", CLASSES='("cat", "dog")')}))
+    assert MetadataCatalog.get(name).thing_classes == CLASSES
+
+
 def test_a_name_registered_with_other_settings_is_an_error_naming_the_key(tmp_path, voc):
     name = next(_names)
     load_config(write_config(tmp_path, {name: voc_node(voc, "train")}))
@@ -92,6 +98,8 @@ def test_a_name_registered_with_other_settings_is_an_error_naming_the_key(tmp_pa
 @pytest.mark.parametrize("settings, message", [
     ('{FORMAT: "yolo"}', r"DATASETS.REGISTER.{name}.FORMAT is 'yolo': set it to one of \['coco', 'voc'\]"),
     ('{FORMAT: "coco", JSON_FILE: "a.json"}', r"DATASETS.REGISTER.{name} is a coco data set and needs DATASETS.REGISTER.{name}.IMAGE_ROOT"),
+    ('{FORMAT: "voc", DIRNAME: "d", SPLIT: "val", CLASSES: "cat, dog"}',
+     r"DATASETS.REGISTER.{name}.CLASSES is 'cat, dog': give the class names as a list"),
     ('{FORMAT: "voc", DIRNAME: "d", SPLIT: "val", CLASSES: ["a"], IMAGE_EXTENSION: "png"}',
      r"DATASETS.REGISTER.{name} has keys a voc data set does not read: \['IMAGE_EXTENSION'\]"),
 ])

@@ -52,7 +52,12 @@ def _spec(name: str, node: CfgNode) -> dict:
     if missing:
         raise ValueError(f"{key} is a {kind} data set and needs {', '.join(f'{key}.{k}' for k in missing)}.")
     spec = dict(optional, **node)
-    spec["CLASSES"] = list(spec["CLASSES"])
+    # yacs decodes the values of keys it knows, so detectron2 configs write tuples as strings;
+    # these keys are new to it, so CLASSES ("a", "b") arrives as that string.
+    classes = CfgNode._decode_cfg_value(spec["CLASSES"])
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f'{key}.CLASSES is {spec["CLASSES"]!r}: give the class names as a list, e.g. ["cat", "dog"].')
+    spec["CLASSES"] = list(classes)
     return spec
 
 
