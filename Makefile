@@ -2,7 +2,7 @@
 # (scripts/setup_env.sh: quick and a no-op when nothing changed).
 PY := .venv/bin/python
 
-.PHONY: setup demo test results results-cpu-short
+.PHONY: setup demo test results results-cpu-short ablations
 setup:
 	bash scripts/setup_env.sh
 
@@ -12,9 +12,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# results/embedded.md and .png: teacher, student and every recipe over 3 seeds (tools/make_results.py).
+# results/embedded.md, .json and .png: teacher, student and every recipe over 5 or 3 seeds (tools/make_results.py).
 results: setup
 	$(PY) tools/make_results.py
 
 results-cpu-short: setup
 	$(PY) tools/make_results.py --schedule cpu-short
+
+# results/ablation_<study>.md: the option studies of tools/ablate.py (they reuse the table's runs).
+ablations: setup
+	$(PY) tools/ablate.py variance --seeds 1 2 3 4 5
+	$(PY) tools/ablate.py fitnet fgfi balance
