@@ -43,6 +43,11 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.TEACHER = CN()
     cfg.KD.TEACHER.CONFIG_FILE = ""
     cfg.KD.TEACHER.WEIGHTS = ""
+    # How the frozen teacher computes, whatever SOLVER.AMP does for the student: "fp32", or autocast
+    # to "bf16" / "fp16", or "auto" (bf16 where the CPU or GPU has it, else fp16 on a GPU, else fp32).
+    # Its records reach the losses in fp32 either way.
+    cfg.KD.TEACHER.PRECISION = "fp32"
+    cfg.KD.TEACHER.CHANNELS_LAST = False  # the teacher's weights and input in channels_last (NHWC)
     cfg.KD.LOSSES = []
     # Loss-scale balancing (kddet/balance.py): each loss is measured for ITERS iterations in which
     # it acts (zeroed meanwhile), then held at RATIO times the detector's own losses, whatever its

@@ -18,6 +18,7 @@ from .model_zoo import config_file, download, is_url
 __all__ = [
     "load_teacher_config",
     "build_teacher",
+    "teacher_dtype",
     "check_same_anchors",
     "check_teacher_matches_student",
     "teacher_images",
@@ -44,8 +45,32 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     return teacher_cfg
 
 
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def teacher_dtype(cfg: CfgNode) -> torch.dtype:
+    """The dtype the teacher computes in on ``MODEL.DEVICE``, as ``KD.TEACHER.PRECISION`` names it."""
+    precision = cfg.KD.TEACHER.PRECISION
+    if precision == "auto":
+        return _fastest_dtype(torch.device(cfg.MODEL.DEVICE))
+    if precision not in _PRECISIONS:
+        raise ValueError(f"KD.TEACHER.PRECISION is '{precision}'; use one of {[*_PRECISIONS, 'auto']}.")
+    return _PRECISIONS[precision]
+
+
+def _fastest_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device has bf16 arithmetic (its range is fp32's), else fp16 on a GPU, else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    cpu = torch.cpu.get_capabilities()
+    if device.type == "cpu" and (cpu.get("avx512_bf16") or cpu.get("amx_bf16")):
+        return torch.bfloat16
+    return torch.float32
+
+
 def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
-    """Build the teacher, load its weights strictly, freeze it and put it in eval mode.
+    """Build the teacher, load its weights strictly, freeze it and put it in eval mode; with
+    ``KD.TEACHER.CHANNELS_LAST``, its weights in channels_last.
 
     ``load_weights=False`` leaves it randomly initialised: the dry run (``tools/train_net.py
     --check``) checks the rest of a recipe with it when the weights are missing.
@@ -63,10 +88,16 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
         _load_strictly(teacher, local_file)
     teacher.eval()
     teacher.requires_grad_(False)
+    if cfg.KD.TEACHER.CHANNELS_LAST:
+        teacher.to(memory_format=torch.channels_last)  # the values are unchanged: only their order in memory
     check_teacher_matches_student(teacher_cfg, cfg)
+    dtype = teacher_dtype(cfg)
     if load_weights:
         parameters = sum(p.numel() for p in teacher.parameters())
-        logger.info("Loaded teacher %s from %s (%.2f M parameters)", cfg.KD.TEACHER.CONFIG_FILE, weights, parameters / 1e6)
+        logger.info(
+            "Loaded teacher %s from %s (%.2f M parameters); it computes in %s%s", cfg.KD.TEACHER.CONFIG_FILE, weights,
+            parameters / 1e6, str(dtype).removeprefix("torch."), ", channels_last" if cfg.KD.TEACHER.CHANNELS_LAST else "",
+        )
     return teacher
 
 
