@@ -1,4 +1,5 @@
-"""tools/benchmark.py prints its table on the CPU: the student alone as the unit, each recipe against it."""
+"""tools/benchmark.py prints its table on the CPU: the student alone as the unit, each recipe against it,
+its added time in teacher forwards and in plain fp32 teacher backbone+FPN forwards; with a fast teacher."""
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root):
     command = [
         sys.executable, str(REPO / "tools/benchmark.py"), "--student", str(STUDENT_CONFIG),
         "--recipes", str(REPO / "configs/shapes/fitnet.yaml"), "--batch-size", "2", "--warmup", "1", "--repeats", "2",
+        "--teacher-precision", "bf16", "--teacher-channels-last",
     ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -23,10 +25,18 @@ def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root):
     out = proc.stdout
     assert re.search(r"^teacher: [\d.]+ M parameters, [\d.]+ GFLOPs per image", out, re.M)
     assert float(re.search(r"^teacher inference forward: ([\d.]+) ms per batch", out, re.M).group(1)) > 0
-    rows = {m[0]: [float(x) for x in m[1:]] for m in re.findall(r"^\| (student alone|fitnet) \| ([\d.]+) \| ([\d.]+) \| (-?[\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)}
+    backbone_ms = float(re.search(r"^teacher backbone\+FPN forward, fp32 contiguous: ([\d.]+) ms per batch", out, re.M).group(1))
+    fast = re.search(r"^teacher backbone\+FPN forward, KD.TEACHER.CHANNELS_LAST True KD.TEACHER.PRECISION bf16: "
+                     r"([\d.]+) ms per batch \(([\d.]+)x faster\)", out, re.M)
+    assert backbone_ms > 0 and fast, out
+    assert float(fast[2]) == pytest.approx(backbone_ms / float(fast[1]), rel=0.05)
+    cell = r" (-?[\d.]+) \|"
+    rows = {m[0]: [float(x) for x in m[1:]] for m in re.findall(rf"^\| (student alone|fitnet) \|{cell * 6}$", out, re.M)}
     assert rows.keys() == {"student alone", "fitnet"}, out
-    student_ms, student_ratio, student_added, student_rss, student_memory = rows["student alone"]
-    assert student_ms > 0 and student_rss > 0 and (student_ratio, student_added, student_memory) == (1.0, 0.0, 1.0)
-    fitnet_ms, fitnet_ratio, _, fitnet_rss, fitnet_memory = rows["fitnet"]
+    student_ms, student_ratio, student_added, student_added_backbone, student_rss, student_memory = rows["student alone"]
+    assert student_ms > 0 and student_rss > 0
+    assert (student_ratio, student_added, student_added_backbone, student_memory) == (1.0, 0.0, 0.0, 1.0)
+    fitnet_ms, fitnet_ratio, _, fitnet_added_backbone, fitnet_rss, fitnet_memory = rows["fitnet"]
     assert fitnet_ratio == pytest.approx(fitnet_ms / student_ms, abs=0.006)
+    assert fitnet_added_backbone == pytest.approx((fitnet_ms - student_ms) / backbone_ms, abs=0.01 + 0.05 * abs(fitnet_added_backbone))
     assert fitnet_memory == pytest.approx(fitnet_rss / student_rss, abs=0.006)

@@ -36,6 +36,7 @@ FAST = {
 # RPN logits): bf16 1.8e-2, fp16 2.3e-3, channels_last alone 2.5e-6 (fp32 summed in another order).
 RTOL = {"bf16": 5e-2, "fp16": 7e-3, "channels_last": 1e-5, "bf16_channels_last": 5e-2}
 
+
 def distillation_cfg(teacher_weights, *opts):
     return load_config(
         REPO / "configs/shapes/chen2017.yaml",
@@ -59,7 +60,7 @@ def student_records(teacher_weights, batch):
     model = build_model(distillation_cfg(teacher_weights)).train()
     sources = {need: STUDENT_SOURCES[need] for need in model._needs}
     with EventStorage(0), Recorder(model, sources) as recorder:
-        super(type(model), model).forward(batch)
+        super(type(model), model).forward(batch)  # GeneralizedRCNN's: the student alone
     return recorder.records
 
 

@@ -3,12 +3,15 @@
 
 Every variant (the student alone, then each recipe) trains on the same pre-loaded batches in a
 fresh child process: warm-up steps first, then the median of timed steps (forward, backward,
-SGD step). The teacher's inference forward is timed the same way, and the table gives each
-recipe's extra time per step in units of that forward. Parameters and FLOPs (fvcore, one
-image, inference) of teacher and student come first.
+SGD step). The teacher's inference forward and its plain backbone+FPN forward (fp32,
+contiguous) are timed the same way, and the table gives each recipe's extra time per step in
+units of both. Parameters and FLOPs (fvcore, one image, inference) of teacher and student come
+first. ``--teacher-precision`` / ``--teacher-channels-last`` run the recipes' teacher fast
+(KD.TEACHER.PRECISION / CHANNELS_LAST); its backbone+FPN forward is then timed that way too.
 
     python tools/benchmark.py --student configs/shapes/student_slim_r8.yaml \
         --recipes configs/shapes/fitnet.yaml configs/shapes/chen2017.yaml
+    python tools/benchmark.py ... --teacher-precision bf16 --teacher-channels-last
     python tools/benchmark.py ... --device cuda --amp
 """
 import argparse
@@ -23,6 +26,7 @@ import torch
 
 from kddet import load_config  # compat shims and registrations come first, in every child too
 from kddet.complexity import params_and_flops
+from kddet.teacher import teacher_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +92,33 @@ def measure_teacher_forward(config: str, opts, batches_file: str, warmup: int, r
     out.put({"step_s": statistics.median(times)})
 
 
+def measure_teacher_backbone(config: str, opts, batches_file: str, warmup: int, repeats: int, out) -> None:
+    """Child process: median forward of the teacher's backbone and FPN alone on the same batches'
+    normalised images, in the precision and memory format of ``KD.TEACHER`` (as DistillationRCNN
+    runs it)."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(config, opts)
+    model = build_model(cfg).eval()
+    memory_format = torch.channels_last if cfg.KD.TEACHER.CHANNELS_LAST else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    dtype = teacher_dtype(cfg)
+    with torch.no_grad():
+        batches = torch.load(batches_file, weights_only=False)
+        images = [model.preprocess_image(batch).tensor.contiguous(memory_format=memory_format) for batch in batches]
+    device = cfg.MODEL.DEVICE
+    times = []
+    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+        for step in range(warmup + repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model.backbone(images[step % len(images)])
+            _sync(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    out.put({"step_s": statistics.median(times)})
+
+
 def in_child(target, *args) -> dict:
     """Run ``target`` in a fresh process so that each variant's peak memory is its own."""
     context = mp.get_context("spawn")
@@ -105,6 +136,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["configs/shapes/fitnet.yaml"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on cuda, bf16 on cpu)")
+    parser.add_argument("--teacher-precision", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="the recipes' KD.TEACHER.PRECISION (default: each recipe's own)")
+    parser.add_argument("--teacher-channels-last", action="store_true", help="the recipes' KD.TEACHER.CHANNELS_LAST True")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -121,7 +155,10 @@ def main() -> None:
         # Timing does not depend on the weights' values: a freshly built teacher stands in.
         teacher = build_model(load_config(teacher_config, common))
         DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
-        teacher_opts = common + ["KD.TEACHER.WEIGHTS", f"{tmp}/teacher.pth"]
+        fast_teacher = ["KD.TEACHER.CHANNELS_LAST", "True"] if args.teacher_channels_last else []
+        if args.teacher_precision:
+            fast_teacher += ["KD.TEACHER.PRECISION", args.teacher_precision]
+        teacher_opts = common + ["KD.TEACHER.WEIGHTS", f"{tmp}/teacher.pth"] + fast_teacher
         loader = iter(build_detection_train_loader(student_cfg))
         batches = [next(loader) for _ in range(min(4, args.warmup + args.repeats))]
         batches_file = f"{tmp}/batches.pt"
@@ -129,6 +166,10 @@ def main() -> None:
 
         timing = (batches_file, args.warmup, args.repeats, args.amp)
         teacher_fwd = in_child(measure_teacher_forward, teacher_config, common, *timing)["step_s"]
+        backbone_timing = (batches_file, args.warmup, args.repeats)
+        backbone_fwd = in_child(measure_teacher_backbone, teacher_config, common, *backbone_timing)["step_s"]
+        if fast_teacher:
+            fast_fwd = in_child(measure_teacher_backbone, teacher_config, common + fast_teacher, *backbone_timing)["step_s"]
         rows = [("student alone", in_child(measure_training, args.student, common, *timing))]
         for recipe in args.recipes:
             rows.append((Path(recipe).stem, in_child(measure_training, recipe, teacher_opts, *timing)))
@@ -141,14 +182,20 @@ def main() -> None:
           f"median of {args.repeats} steps after {args.warmup} warm-up")
     for name, (params, gflops) in sizes.items():
         print(f"{name}: {params:.2f} M parameters, {gflops:.2f} GFLOPs per image (inference)")
-    print(f"teacher inference forward: {1000 * teacher_fwd:.1f} ms per batch\n")
+    print(f"teacher inference forward: {1000 * teacher_fwd:.1f} ms per batch")
+    print(f"teacher backbone+FPN forward, fp32 contiguous: {1000 * backbone_fwd:.1f} ms per batch")
+    if fast_teacher:
+        print(f"teacher backbone+FPN forward, {' '.join(fast_teacher)}: {1000 * fast_fwd:.1f} ms per batch "
+              f"({backbone_fwd / fast_fwd:.2f}x faster)")
+    print()
     base = rows[0][1]
-    print(f"| variant | step (ms) | time / student | added, in teacher forwards | {memory} | memory / student |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| variant | step (ms) | time / student | added, in teacher forwards | added, in fp32 teacher backbone forwards "
+          f"| {memory} | memory / student |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
-        added = (r["step_s"] - base["step_s"]) / teacher_fwd
-        print(f"| {name} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.2f} | {added:.2f} | "
-              f"{r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+        added = r["step_s"] - base["step_s"]
+        print(f"| {name} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.2f} | {added / teacher_fwd:.2f} | "
+              f"{added / backbone_fwd:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
 
 
 if __name__ == "__main__":
