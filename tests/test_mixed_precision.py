@@ -114,7 +114,8 @@ FEATURE_RTOL = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_teacher_features_under_autocast_match_float32(dtype):
-    """With SOLVER.AMP.ENABLED the teacher runs inside the student's autocast region."""
+    """With KD.TEACHER.PRECISION fp16 or bf16 the teacher runs in autocast (tests/test_fast_teacher.py
+    compares every record kind)."""
     torch.manual_seed(0)
     teacher = build_model(load_config(TEACHER_CONFIG)).eval()
     inputs = [{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)} for _ in range(2)]
