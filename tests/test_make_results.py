@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,13 @@ def test_a_finished_run_made_elsewhere_with_the_same_config_is_copied_not_retrai
     # Another teacher is another run: nothing to copy, so it would train (and here fails fast).
     _, other = make_results.run_keys(STUDENT_CONFIG, [*opts, "OUTPUT_DIR", str(here)], "other-teacher")
     assert other != same_run
+
+    # A run whose folder moved (its key names the old OUTPUT_DIR) is kept where it is, with its new key.
+    shutil.rmtree(elsewhere)  # so that the only match is the run's own folder
+    moved = tmp_path / "moved/student/seed4"
+    shutil.move(str(here), str(moved))
+    record = runner.run("student seed 4", STUDENT_CONFIG, moved, ["SEED", 4], depends_on="teacher-key")
+    assert record["AP"] == 12.5 and (moved / "model_final.pth").read_bytes() == b"weights"
 
 
 def test_every_recipe_config_is_in_the_table():

@@ -141,8 +141,9 @@ class Runner:
                 return _finished_record(out_dir)
             source = self._find_same_run(same_run)
             if source is not None:
-                shutil.rmtree(out_dir, ignore_errors=True)
-                shutil.copytree(source, out_dir)
+                if source != out_dir:  # the same run in place (the folder moved) only needs its new key
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    shutil.copytree(source, out_dir)
                 record = dict(_finished_record(out_dir), key=key)
                 _write_atomically(record_file, record)
                 self.log(name, f"reused a copy of {source}")
@@ -351,9 +352,10 @@ def model_sizes(device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, floa
     first = DatasetCatalog.get("kddet_shapes_val")[0]
     image = torch.as_tensor(detection_utils.read_image(first["file_name"], format="BGR").transpose(2, 0, 1).copy())
     opts = ["MODEL.DEVICE", device, *opts]
-    warnings.filterwarnings("ignore")  # tracing warnings from torch and fvcore, none actionable
-    return {name: params_and_flops(load_config(config, opts), image.to(device))
-            for name, config in (("teacher", TEACHER_CONFIG), ("student", STUDENT_CONFIG))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warnings from torch and fvcore, none actionable
+        return {name: params_and_flops(load_config(config, opts), image.to(device))
+                for name, config in (("teacher", TEACHER_CONFIG), ("student", STUDENT_CONFIG))}
 
 
 def main() -> None:
