@@ -14,6 +14,7 @@ processes, kept in the checkpoint (a resumed run keeps it), logged once and reco
 metrics as ``kd_balance/<loss>``.
 """
 import logging
+import zlib
 from typing import Dict, Sequence
 
 import torch
@@ -47,6 +48,9 @@ class LossBalancer(nn.Module):
         self.register_buffer("loss_sum", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("measured", torch.zeros(n, dtype=torch.long))
         self.register_buffer("scale", torch.zeros(n, dtype=torch.float64))
+        # Which losses and settings the scales are for, as a number a checkpoint can hold.
+        fingerprint = zlib.crc32(repr((self.losses, float(ratio), int(iters))).encode())
+        self.register_buffer("settings", torch.tensor([fingerprint], dtype=torch.long))
 
     def forward(
         self, detector_loss: torch.Tensor, terms_by_loss: Dict[str, Dict[str, torch.Tensor]]
@@ -62,17 +66,30 @@ class LossBalancer(nn.Module):
             terms = terms_by_loss[name]
             if self.measured[i] < self.iters:
                 self._measure(i, detector_loss, sum(terms.values()))
-                out[name] = {k: v * 0.0 for k, v in terms.items()}  # zeroed, not dropped: DDP sees every adapter used
+                # Zeroed, not dropped, so that DDP sees every adapter used; a non-finite term stays out.
+                out[name] = {k: torch.where(torch.isfinite(v), v * 0.0, torch.zeros_like(v)) for k, v in terms.items()}
             else:
                 out[name] = {k: v * self.scale[i].to(v.dtype) for k, v in terms.items()}
                 get_event_storage().put_scalar(f"kd_balance/{name}", float(self.scale[i]), smoothing_hint=False)
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Scales saved for other losses or settings (another KD.LOSSES order, a fine-tune from a run
+        # balanced otherwise) are not this run's: keep this run's empty ones and measure again.
+        saved = state_dict.get(prefix + "settings")
+        if saved is not None and not torch.equal(saved, self.settings):
+            for name, buffer in self.named_buffers():
+                state_dict[prefix + name] = buffer.detach().clone()
+            logger.info("KD.BALANCE: the checkpoint's scales were set for other losses or settings; measuring again.")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def _measure(self, i: int, detector_loss: torch.Tensor, loss: torch.Tensor) -> None:
-        """Count iteration towards loss ``i``'s measurement if the loss acts in it (a loss in its own
-        warm-up returns 0 and is measured once it starts), and set its scale after the last one."""
-        acts = torch.tensor([float(loss.detach() != 0)], dtype=torch.float64, device=self.scale.device)
+        """Count the iteration towards loss ``i``'s measurement if the loss acts in it (a loss in its
+        own warm-up returns 0 and is measured once it starts), and set its scale after the last one."""
+        # A loss in its own warm-up returns 0; a non-finite iteration would poison the means.
+        usable = loss.detach() != 0 and torch.isfinite(loss.detach()) and torch.isfinite(detector_loss.detach())
+        acts = torch.tensor([float(usable)], dtype=torch.float64, device=self.scale.device)
         sums = torch.stack([acts[0], detector_loss.detach().double() * acts[0], loss.detach().double() * acts[0]])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(sums)  # every process measures the whole batch, and all reach one scale

@@ -59,6 +59,27 @@ def test_a_resumed_balancer_keeps_its_scale():
         assert step(resumed, storage, 1, 1.0, {"sp": 60.0})["sp"] == pytest.approx(60.0 * 0.5 * 3.0 / 300.0)
 
 
+def test_scales_saved_for_other_losses_are_measured_again():
+    balancer = LossBalancer(["nst", "sp"], ratio=0.5, iters=1)
+    with EventStorage(0) as storage:
+        step(balancer, storage, 0, 3.0, {"nst": 1.0, "sp": 2.0})
+    reordered = LossBalancer(["sp", "nst"], ratio=0.5, iters=1)
+    reordered.load_state_dict(balancer.state_dict())
+    assert int(reordered.measured.sum()) == 0 and float(reordered.scale.sum()) == 0.0
+    same = LossBalancer(["nst", "sp"], ratio=0.5, iters=1)
+    same.load_state_dict(balancer.state_dict())
+    assert torch.equal(same.scale, balancer.scale)
+
+
+def test_non_finite_iterations_are_not_measured_and_stay_out_of_the_loss():
+    balancer = LossBalancer(["kd"], ratio=0.5, iters=1)
+    with EventStorage(0) as storage:
+        assert step(balancer, storage, 0, 3.0, {"kd": float("nan")})["kd"] == 0.0
+        assert int(balancer.measured[0]) == 0
+        step(balancer, storage, 1, 3.0, {"kd": 1.5})
+    assert float(balancer.scale[0]) == pytest.approx(0.5 * 3.0 / 1.5)
+
+
 def test_bad_settings_name_the_key(teacher_weights):
     with pytest.raises(ValueError, match="RATIO > 0"):
         LossBalancer(["sp"], ratio=0.0, iters=5)
