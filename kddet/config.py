@@ -15,14 +15,16 @@ from .data.from_config import register_config_datasets
 __all__ = ["add_kddet_config", "load_config"]
 
 
-def load_config(path: str, opts: Sequence = ()) -> CN:
+def load_config(path: str, opts: Sequence = (), register_datasets: bool = True) -> CN:
     """detectron2's defaults with kddet's nodes, then the file at ``path``, then ``opts``
-    (KEY VALUE ...); not frozen. The data sets of its ``DATASETS.REGISTER`` are registered."""
+    (KEY VALUE ...); not frozen. The data sets of its ``DATASETS.REGISTER`` are registered unless
+    ``register_datasets`` is False (a teacher's config: its data sets are never read)."""
     cfg = get_cfg()
     add_kddet_config(cfg)
     cfg.merge_from_file(str(path))
     cfg.merge_from_list(list(opts))
-    register_config_datasets(cfg)
+    if register_datasets:
+        register_config_datasets(cfg)
     return cfg
 
 

@@ -39,7 +39,7 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
             "name. Set KD.TEACHER.CONFIG_FILE to the config the teacher was trained with, or to a model-zoo name "
             "(e.g. COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml)."
         )
-    teacher_cfg = load_config(resolved)
+    teacher_cfg = load_config(resolved, register_datasets=False)  # the student's data sets are the ones used
     teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     teacher_cfg.MODEL.WEIGHTS = cfg.KD.TEACHER.WEIGHTS
     return teacher_cfg

@@ -9,9 +9,10 @@ import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from conftest import STUDENT_CONFIG, load_config, run_train_net, write_coco_instances, write_voc_image, write_voc_split
+from conftest import STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net, write_coco_instances, write_voc_image, write_voc_split
 from kddet.data import load_voc_folder
 from kddet.data.coco import load_coco_checked
+from kddet.teacher import load_teacher_config
 
 CLASSES = ["cat", "dog"]
 VOC_TRAIN = {"a": [("cat", (11, 21, 40, 50), 0), ("dog", (50, 5, 90, 60), 0)], "b": [("dog", (1, 1, 100, 96), 0)]}
@@ -180,3 +181,16 @@ def test_train_net_stops_before_training_on_a_class_the_yaml_does_not_list(tmp_p
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ValueError: ") and "has an object of class 'dog', which is not among the classes ['cat']" in last_line
     assert "Starting training" not in proc.stdout + proc.stderr
+
+
+def test_a_teachers_own_data_sets_are_not_registered(tmp_path):
+    """The teacher's config is read for its model only: its DATASETS.REGISTER (a name the student may
+    register otherwise) is left alone."""
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(
+        f'_BASE_: "{TEACHER_CONFIG}"\nDATASETS:\n  REGISTER:\n    kddet_teacher_only_set:\n'
+        '      FORMAT: "voc"\n      DIRNAME: "/nowhere"\n      SPLIT: "train"\n      CLASSES: ["a"]\n'
+    )
+    teacher_cfg = load_teacher_config(load_config(STUDENT_CONFIG, "KD.TEACHER.CONFIG_FILE", str(teacher)))
+    assert "kddet_teacher_only_set" in teacher_cfg.DATASETS.REGISTER
+    assert "kddet_teacher_only_set" not in DatasetCatalog.list()
