@@ -226,7 +226,8 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_from_it(teacher_weights
     out = tmp_path / "fitnet"
     teacher_hash = sha256(teacher_weights)
     run = (
-        "--config-file", FITNET_CONFIG, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 3,
+        # 9 iterations after the first checkpoint: time enough to kill the run before it ends, on any machine.
+        "--config-file", FITNET_CONFIG, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 12, "SOLVER.CHECKPOINT_PERIOD", 3,
         "KD.TEACHER.WEIGHTS", teacher_weights, "DATASETS.TEST", "()", "OUTPUT_DIR", out,
     )  # fmt: skip
     with open(tmp_path / "killed.log", "w") as log:
@@ -253,7 +254,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_from_it(teacher_weights
     assert f"Loading from {out / 'model_0000002.pth'}" in resumed
     assert "Starting training from iteration 3" in resumed
     # detectron2 writes metrics.json every 20 iterations and at the last: the resumed run's one line.
-    assert [r["iteration"] for r in metrics(out)] == [5]
+    assert [r["iteration"] for r in metrics(out)] == [11]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert sha256(teacher_weights) == teacher_hash
 
