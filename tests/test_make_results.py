@@ -160,3 +160,20 @@ def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("reused") == 5  # teacher, 2 student seeds, 2 fitnet seeds: nothing retrained
+
+
+def test_a_diverged_seed_is_counted_not_averaged():
+    teacher = record(40.0)
+    runs = {
+        "student": [record(19.0), record(20.0), record(21.0)],
+        "kd": [record(22.0), {"diverged": True, "minutes": 0.5}, record(24.0)],
+        "sp": [{"diverged": True, "minutes": 0.5}],
+    }
+    _, kd, sp = make_results.summarize(teacher, runs)
+    assert (kd["seeds"], kd["diverged"]) == (2, 1) and kd["AP"] == pytest.approx(23.0)
+    assert math.isnan(sp["AP"]) and make_results.verdict(sp) == "every seed diverged"
+    sizes = {"teacher": (7.0, 1.3), "student": (1.4, 0.3)}
+    setting = {"schedule": "full", "device": "cpu", "jobs": 2, "argv": [], "commit": "abc"}
+    table = make_results.format_markdown(teacher, make_results.summarize(teacher, runs), sizes, setting, "x.png")
+    assert "| kd | 2 + 1 diverged | 23.0 ± 1.4 |" in table
+    assert "| sp | 0 + 1 diverged | nan |" in table and "every seed diverged" in table

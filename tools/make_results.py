@@ -104,11 +104,13 @@ def run_keys(config: Path, opts: Sequence[str], depends_on: str = "") -> Tuple[s
 
 
 def _finished_record(run_dir: Path) -> dict:
-    """The result record of a finished run in ``run_dir`` (one with its final weights), else {}."""
+    """The result record of a finished run in ``run_dir`` (one with its final weights, or one that
+    diverged), else {}."""
     record_file = run_dir / "result.json"
-    if record_file.is_file() and (run_dir / "model_final.pth").is_file():
-        return json.loads(record_file.read_text())
-    return {}
+    if not record_file.is_file():
+        return {}
+    record = json.loads(record_file.read_text())
+    return record if record.get("diverged") or (run_dir / "model_final.pth").is_file() else {}
 
 
 def _write_atomically(path: Path, record: dict) -> None:
@@ -156,8 +158,16 @@ class Runner:
         start = time.perf_counter()
         with open(out_dir / "stdout.txt", "w") as stdout:
             proc = subprocess.run(command, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+        output = (out_dir / "stdout.txt").read_text()
+        if proc.returncode != 0 and "FloatingPointError" in output:
+            # A recipe that diverges on a seed is a result, not a failure of the table: kept and counted.
+            record = {"key": key, "same_run": same_run, "config": str(config.relative_to(REPO)), "opts": opts,
+                      "commit": self.commit, "diverged": True, "minutes": (time.perf_counter() - start) / 60}
+            _write_atomically(record_file, record)
+            self.log(name, "diverged (FloatingPointError), counted as such in the table")
+            return record
         if proc.returncode != 0:
-            tail = (out_dir / "stdout.txt").read_text().splitlines()[-30:]
+            tail = output.splitlines()[-30:]
             raise RuntimeError(f"{name} failed (exit {proc.returncode}), see {out_dir}/stdout.txt:\n" + "\n".join(tail))
         metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
         final = next(m for m in reversed(metrics) if "bbox/AP" in m)
@@ -210,9 +220,17 @@ def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
     student_mean = statistics.fmean(student_ap)
     gap = teacher["AP"] - student_mean
     rows = []
-    for name, records in runs.items():
-        row = {"name": name, "iters": records[0]["iters"], "seeds": len(records),
-               "minutes": statistics.fmean(r["minutes"] for r in records)}
+    for name, all_records in runs.items():
+        # Statistics over the seeds that finished; those that diverged are counted beside them.
+        records = [r for r in all_records if not r.get("diverged")]
+        row = {"name": name, "seeds": len(records), "diverged": len(all_records) - len(records),
+               "minutes": statistics.fmean(r["minutes"] for r in all_records)}
+        if not records:
+            rows.append(dict(row, iters=0, AP=math.nan, AP_std=math.nan, AP50=math.nan, AP50_std=math.nan,
+                             AP75=math.nan, AP75_std=math.nan, delta=math.nan, delta_se=math.nan,
+                             delta_dof=math.nan, gap_recovered=math.nan, detectable=math.nan))
+            continue
+        row["iters"] = records[0]["iters"]
         for metric in ("AP", "AP50", "AP75"):
             row[metric], row[metric + "_std"] = mean_std([r[metric] for r in records])
         ap = [r["AP"] for r in records]
@@ -248,6 +266,8 @@ def verdict(row: dict) -> str:
     """Whether the change against the student alone stands out of seed-to-seed noise: a Welch t-test
     at 95% (two-sided, no correction for comparing many recipes), and at least the 0.1 AP the table
     prints."""
+    if math.isnan(row["delta"]):
+        return "every seed diverged"
     if math.isnan(row["delta_se"]):
         return "one seed"
     if abs(row["delta"]) < max(detectable_change(row), 0.1):
@@ -295,8 +315,9 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"{_pm(student['AP50'], student['AP50_std'])} | {_pm(student['AP75'], student['AP75_std'])} | | | | | {student['minutes']:.1f} |",
     ]
     for r in recipes:
+        seeds = f"{r['seeds']} + {r['diverged']} diverged" if r["diverged"] else r["seeds"]
         lines.append(
-            f"| {r['name']} | {r['seeds']} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | "
+            f"| {r['name']} | {seeds} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | "
             f"{_pm(r['AP75'], r['AP75_std'])} | {r['delta']:+.1f} | {_pm_abs(r['detectable'])} | {_percent(r['gap_recovered'])} | "
             f"{verdict(r)} | {r['minutes']:.1f} |"
         )
