@@ -227,7 +227,9 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_from_it(teacher_weights
     teacher_hash = sha256(teacher_weights)
     run = (
         # 9 iterations after the first checkpoint: time enough to kill the run before it ends, on any machine.
+        # A random-weight teacher at batch 2: a low learning rate keeps the 12 iterations finite.
         "--config-file", FITNET_CONFIG, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 12, "SOLVER.CHECKPOINT_PERIOD", 3,
+        "SOLVER.BASE_LR", 0.002,
         "KD.TEACHER.WEIGHTS", teacher_weights, "DATASETS.TEST", "()", "OUTPUT_DIR", out,
     )  # fmt: skip
     with open(tmp_path / "killed.log", "w") as log:
