@@ -18,7 +18,7 @@ from torch import nn
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_kddet_config
-from .losses import KD_LOSS_REGISTRY, kd_loss_classes
+from .losses import KD_LOSS_REGISTRY, kd_loss_classes, loss_needs_teacher
 from .model_zoo import cached_file, config_file, is_url
 
 __all__ = ["DISTILLATION_ARCH", "check_distillation", "distillation_problems", "distillation_summary", "term_weights"]
@@ -55,7 +55,7 @@ def _qualified(key: str, term: str) -> str:
 
 
 def _needs_teacher(loss_names: List[str]) -> bool:
-    return any(getattr(KD_LOSS_REGISTRY.get(name), "needs_teacher", True) for name in loss_names)
+    return any(loss_needs_teacher(KD_LOSS_REGISTRY.get(name)) for name in loss_names)
 
 
 def distillation_problems(cfg: CfgNode) -> Tuple[List[str], List[str]]:
@@ -189,7 +189,7 @@ def distillation_summary(
                 ", ".join(f"{term} {value:g}" for term, value in term_weights(node).items()) or "-",
                 " ".join(node.get("IN_FEATURES", [])) or "-",
                 node.get("WARMUP_ITERS", "-"),
-                " + ".join(parts) + ("" if getattr(cls, "needs_teacher", True) else " (no teacher)"),
+                " + ".join(parts) + ("" if loss_needs_teacher(cls) else " (no teacher)"),
             ])
         headers = ["loss", "weight", "levels", "warm-up iters", "reads"]
         lines.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True))

@@ -5,6 +5,7 @@ from .build import (
     build_kd_losses,
     check_feature_names,
     kd_loss_classes,
+    loss_needs_teacher,
     losses_need_teacher,
     weighted,
 )

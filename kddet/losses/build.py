@@ -22,6 +22,7 @@ __all__ = [
     "build_kd_losses",
     "check_feature_names",
     "kd_loss_classes",
+    "loss_needs_teacher",
     "losses_need_teacher",
     "weighted",
 ]
@@ -75,9 +76,14 @@ def kd_loss_classes(cfg) -> Dict[str, type]:
     return {name: KD_LOSS_REGISTRY.get(name) for name in cfg.KD.LOSSES}
 
 
+def loss_needs_teacher(cls: type) -> bool:
+    """Whether a loss class reads a teacher network (the default; VirtualTeacher does not)."""
+    return getattr(cls, "needs_teacher", True)
+
+
 def losses_need_teacher(cfg) -> bool:
     """False when every enabled loss works without a teacher network (or none is enabled)."""
-    return any(getattr(cls, "needs_teacher", True) for cls in kd_loss_classes(cfg).values())
+    return any(loss_needs_teacher(cls) for cls in kd_loss_classes(cfg).values())
 
 
 def build_kd_losses(
