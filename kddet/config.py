@@ -77,6 +77,7 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.KD.FGFI.MAX_IOU_PER_LEVEL = False  # True: the best IoU of each level, not of all levels
     cfg.KD.FGFI.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
     cfg.KD.FGFI.STANDARDIZE_TARGET = False  # as KD.FITNET.STANDARDIZE_TARGET
+    cfg.KD.FGFI.FULL_MAP = False  # True: imitate every location, the masks' ablation at equal weight
     # NST (Huang & Wang 2017): MMD between channel distributions; widths may differ.
     cfg.KD.NST = CN()
     cfg.KD.NST.WEIGHT = 1.0

@@ -563,6 +563,16 @@ def test_fgfi_imitates_the_standardised_target_when_asked():
     torch.testing.assert_close(loss(batch)["loss_kd_fgfi"], 0.01 * slow_fgfi(adapted, targets, masks))
 
 
+def test_fgfi_full_map_imitates_every_location_with_the_same_normalisation():
+    loss = build_loss("FGFI", 4, 6, "KD.FGFI.IN_FEATURES", ["p2", "p3"], "KD.FGFI.FULL_MAP", True)
+    batch = make_batch(boxes=())  # no box: the imitation masks would be empty
+    adapted = [loss.adapters[f](batch.student["features"][f]) for f in ("p2", "p3")]
+    teachers = [batch.teacher["features"][f] for f in ("p2", "p3")]
+    squared = sum((a - t).pow(2).sum() for a, t in zip(adapted, teachers))
+    locations = sum(t.shape[0] * t.shape[2] * t.shape[3] for t in teachers)
+    torch.testing.assert_close(loss(batch)["loss_kd_fgfi"], 0.01 * squared / (2 * locations))
+
+
 def test_fgfi_without_boxes_is_zero_and_keeps_grads_finite():
     loss = build_loss("FGFI")
     batch = make_batch(boxes=())

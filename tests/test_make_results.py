@@ -126,6 +126,36 @@ def test_a_finished_run_made_elsewhere_with_the_same_config_is_copied_not_retrai
     assert record["AP"] == 12.5 and (moved / "model_final.pth").read_bytes() == b"weights"
 
 
+def test_cache_keys_follow_the_settings_a_run_changes_not_new_default_nodes(monkeypatch):
+    fitnet = REPO / "configs/shapes/fitnet.yaml"
+    opts = ["SEED", 3, "OUTPUT_DIR", "out"]
+    changes = make_results.config_changes(make_results.load_config(fitnet, opts))
+    assert "SEED: 3\n" in changes and "KD.LOSSES: ['FitNet']\n" in changes
+    assert "KD.FGFI." not in changes and "MODEL.RPN.NMS_THRESH" not in changes  # left at their defaults
+    key = make_results.run_keys(fitnet, opts)
+    assert make_results.run_keys(fitnet, ["SEED", 4, "OUTPUT_DIR", "out"]) != key
+    assert make_results.run_keys(fitnet, [*opts, "KD.FITNET.WEIGHT", 0.5]) != key
+
+    # A node kddet adds later (a new loss, a new backbone) at its default leaves cached runs valid.
+    add_kddet_config = make_results.add_kddet_config
+
+    def with_a_new_node(cfg):
+        add_kddet_config(cfg)
+        cfg.KD.SOME_NEW_LOSS = make_results.get_cfg().__class__({"WEIGHT": 1.0})
+
+    monkeypatch.setattr(make_results, "add_kddet_config", with_a_new_node)
+    monkeypatch.setattr(make_results, "load_config", lambda path, opts=(): _load_with(with_a_new_node, path, opts))
+    assert make_results.run_keys(fitnet, opts) == key
+
+
+def _load_with(add_config, path, opts):
+    cfg = make_results.get_cfg()
+    add_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
 def test_every_recipe_config_is_in_the_table():
     recipes = make_results.all_recipes()
     assert "fitnet" in recipes and "chen2017" in recipes

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
-from kddet import load_config
+from detectron2.config import get_cfg
+
+from kddet import add_kddet_config, load_config
 from kddet.losses import losses_need_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,14 +95,36 @@ def schedule_opts(config: Path, iters: int) -> list:
     return opts
 
 
+def _flatten(node, prefix: str = "") -> Dict[str, object]:
+    items = {}
+    for name, value in node.items():
+        if isinstance(value, dict):
+            items.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            items[f"{prefix}{name}"] = value
+    return items
+
+
+def config_changes(cfg) -> str:
+    """What ``cfg`` sets away from kddet's defaults, one ``KEY: value`` line each, sorted. Nodes a
+    run leaves at their defaults stay out, so adding a config node (a new loss or backbone) keeps
+    every cached run; a changed default is a change of code, which needs --retrain like any other."""
+    defaults = get_cfg()
+    add_kddet_config(defaults)
+    defaults = _flatten(defaults)
+    changed = {key: value for key, value in _flatten(cfg).items() if key not in defaults or defaults[key] != value}
+    return "".join(f"{key}: {value!r}\n" for key, value in sorted(changed.items()))
+
+
 def run_keys(config: Path, opts: Sequence[str], depends_on: str = "") -> Tuple[str, str]:
-    """The cache keys of a run. ``key`` changes with anything that changes the run: the resolved config
-    (base files and options included) and the key of the run it learns from (its teacher). ``same_run``
-    leaves the output folder out, so that a run another table (tools/ablate.py) made is copied, not repeated."""
+    """The cache keys of a run. ``key`` changes with anything that changes the run: the settings its
+    resolved config (base files and options included) changes from the defaults, and the key of the
+    run it learns from (its teacher). ``same_run`` leaves the output folder out, so that a run another
+    table (tools/ablate.py) made is copied, not repeated."""
     resolved = load_config(config, opts)
-    key = hashlib.sha1((resolved.dump() + depends_on).encode()).hexdigest()
+    key = hashlib.sha1((config_changes(resolved) + depends_on).encode()).hexdigest()
     resolved.OUTPUT_DIR = ""
-    return key, hashlib.sha1((resolved.dump() + depends_on).encode()).hexdigest()
+    return key, hashlib.sha1((config_changes(resolved) + depends_on).encode()).hexdigest()
 
 
 def _finished_record(run_dir: Path) -> dict:
@@ -275,6 +299,11 @@ def verdict(row: dict) -> str:
     return "helps" if row["delta"] > 0 else "hurts"
 
 
+def seeds_cell(row: dict) -> str:
+    """The seeds that finished, and those that diverged if any."""
+    return f"{row['seeds']} + {row['diverged']} diverged" if row["diverged"] else str(row["seeds"])
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
@@ -315,9 +344,8 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"{_pm(student['AP50'], student['AP50_std'])} | {_pm(student['AP75'], student['AP75_std'])} | | | | | {student['minutes']:.1f} |",
     ]
     for r in recipes:
-        seeds = f"{r['seeds']} + {r['diverged']} diverged" if r["diverged"] else r["seeds"]
         lines.append(
-            f"| {r['name']} | {seeds} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | "
+            f"| {r['name']} | {seeds_cell(r)} | {_pm(r['AP'], r['AP_std'])} | {_pm(r['AP50'], r['AP50_std'])} | "
             f"{_pm(r['AP75'], r['AP75_std'])} | {r['delta']:+.1f} | {_pm_abs(r['detectable'])} | {_percent(r['gap_recovered'])} | "
             f"{verdict(r)} | {r['minutes']:.1f} |"
         )

@@ -100,6 +100,7 @@ class FGFI(nn.Module):
         max_iou_per_level: bool,
         warmup_iters: int,
         standardize_target: bool = False,
+        full_map: bool = False,
     ):
         """
         Args:
@@ -109,6 +110,8 @@ class FGFI(nn.Module):
                 student's RPN and heads find their feet.
             standardize_target: imitate the teacher's map with each channel standardised over the
                 batch (as PKD does), so that the target's scale does not depend on the teacher's FPN.
+            full_map: imitate every location (a mask of ones, same normalisation): what the masks
+                add over plain hints at equal weight.
         """
         super().__init__()
         self.weight = weight
@@ -119,6 +122,7 @@ class FGFI(nn.Module):
         self.max_iou_per_level = max_iou_per_level
         self.warmup_iters = warmup_iters
         self.standardize_target = standardize_target
+        self.full_map = full_map
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -143,10 +147,14 @@ class FGFI(nn.Module):
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
             "warmup_iters": node.WARMUP_ITERS,
             "standardize_target": node.STANDARDIZE_TARGET,
+            "full_map": node.FULL_MAP,
         }
 
     def masks(self, batch: DistillationBatch) -> List[torch.Tensor]:
         """Per level of ``in_features``, the (N, H, W) imitation masks of the batch."""
+        if self.full_map:
+            features = batch.student["features"]
+            return [features[f].new_ones((features[f].shape[0], *features[f].shape[-2:]), dtype=torch.bool) for f in self.in_features]
         anchors = batch.student["anchors"]
         grid_sizes = [tuple(batch.student["features"][f].shape[-2:]) for f in self.anchored_features]
         per_image = [
