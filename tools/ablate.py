@@ -123,11 +123,11 @@ def main() -> None:
                 opts += ["KD.TEACHER.WEIGHTS", output / "teacher" / "model_final.pth"]
             return runner.run(f"{name} seed {seed}", config, out_dir / f"seed{seed}", opts, teacher_key)
 
-        # The student alone lives where make_results keeps it, so both tools share those runs.
-        student_jobs = [pool.submit(run, "student", "student", [], output / "full" / "student", s) for s in seeds("student", [])]
-
         def seeds(recipe: str, opts: list) -> List[int]:
             return mr.seeds_of(recipe, args.seeds) if not opts else (args.seeds or mr.SEEDS)
+
+        # The student alone lives where make_results keeps it, so both tools share those runs.
+        student_jobs = [pool.submit(run, "student", "student", [], output / "full" / "student", s) for s in seeds("student", [])]
 
         def out_dir(study: str, i: int, recipe: str, opts: list) -> Path:
             # A recipe as committed is make_results' run of it, shared with the results table.
