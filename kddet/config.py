@@ -41,6 +41,10 @@ def add_kddet_config(cfg: CN) -> None:
     # sets themselves do, where parallel lists would have to be kept in step by hand.
     cfg.DATASETS.REGISTER = CN(new_allowed=True)
 
+    # The student's weights and input in channels_last (NHWC) memory format: same values, another
+    # layout, which some devices convolve faster (kddet/modeling/memory_format.py).
+    cfg.MODEL.CHANNELS_LAST = False
+
     cfg.KD = CN()
     cfg.KD.TEACHER = CN()
     cfg.KD.TEACHER.CONFIG_FILE = ""

@@ -10,6 +10,7 @@ from detectron2.utils.logger import setup_logger
 
 from .config import load_config
 from .evaluation import build_evaluator, check_test_datasets
+from .modeling.memory_format import use_channels_last
 from .validation import check_distillation, distillation_summary
 
 __all__ = ["Trainer", "check_resumable", "divergence_hint", "setup_cfg", "student_only"]
@@ -27,10 +28,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """detectron2's model, built once the distillation settings pass ``check_distillation``;
-        the log gets their summary (parameters only: ``tools/train_net.py --check`` adds FLOPs)."""
+        """detectron2's model, built once the distillation settings pass ``check_distillation``,
+        in channels_last with ``MODEL.CHANNELS_LAST``; the log gets the distillation summary
+        (parameters only: ``tools/train_net.py --check`` adds FLOPs)."""
         check_distillation(cfg)
         model = super().build_model(cfg)
+        if cfg.MODEL.CHANNELS_LAST:
+            use_channels_last(model)
         logger.info("%s", distillation_summary(cfg, model))
         return model
 
