@@ -12,31 +12,50 @@ from conftest import REPO, STUDENT_CONFIG
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root):
+def run_benchmark(datasets_root, *args):
     command = [
         sys.executable, str(REPO / "tools/benchmark.py"), "--student", str(STUDENT_CONFIG),
-        "--recipes", str(REPO / "configs/shapes/fitnet.yaml"), "--batch-size", "2", "--warmup", "1", "--repeats", "2",
-        "--teacher-precision", "bf16", "--teacher-channels-last",
+        "--recipes", str(REPO / "configs/shapes/fitnet.yaml"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", *args,
     ]
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
-    out = proc.stdout
+
+CELL = r" (-?[\d.]+) \|"
+
+
+def table_rows(out):
+    return {m[0]: [float(x) for x in m[1:]] for m in re.findall(rf"^\| ([a-z_ ,]+) \|{CELL * 6}$", out, re.M)}
+
+
+def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root, tmp_path):
+    out = run_benchmark(datasets_root, "--teacher-precision", "bf16", "--teacher-channels-last", "--student-channels-last",
+                        "--output", str(tmp_path / "table.md"))
     assert re.search(r"^teacher: [\d.]+ M parameters, [\d.]+ GFLOPs per image", out, re.M)
+    assert re.search(r"^device cpu, AMP off, batch 2 of 128x\d+ images", out, re.M)
     assert float(re.search(r"^teacher inference forward: ([\d.]+) ms per batch", out, re.M).group(1)) > 0
     backbone_ms = float(re.search(r"^teacher backbone\+FPN forward, fp32 contiguous: ([\d.]+) ms per batch", out, re.M).group(1))
     fast = re.search(r"^teacher backbone\+FPN forward, KD.TEACHER.CHANNELS_LAST True KD.TEACHER.PRECISION bf16: "
                      r"([\d.]+) ms per batch \(([\d.]+)x faster\)", out, re.M)
     assert backbone_ms > 0 and fast, out
     assert float(fast[2]) == pytest.approx(backbone_ms / float(fast[1]), rel=0.05)
-    cell = r" (-?[\d.]+) \|"
-    rows = {m[0]: [float(x) for x in m[1:]] for m in re.findall(rf"^\| (student alone|fitnet) \|{cell * 6}$", out, re.M)}
-    assert rows.keys() == {"student alone", "fitnet"}, out
+    rows = table_rows(out)
+    assert list(rows) == ["student alone", "student alone, channels_last", "fitnet", "fitnet, fast teacher"], out
     student_ms, student_ratio, student_added, student_added_backbone, student_rss, student_memory = rows["student alone"]
     assert student_ms > 0 and student_rss > 0
     assert (student_ratio, student_added, student_added_backbone, student_memory) == (1.0, 0.0, 0.0, 1.0)
-    fitnet_ms, fitnet_ratio, _, fitnet_added_backbone, fitnet_rss, fitnet_memory = rows["fitnet"]
-    assert fitnet_ratio == pytest.approx(fitnet_ms / student_ms, abs=0.006)
-    assert fitnet_added_backbone == pytest.approx((fitnet_ms - student_ms) / backbone_ms, abs=0.01 + 0.05 * abs(fitnet_added_backbone))
-    assert fitnet_memory == pytest.approx(fitnet_rss / student_rss, abs=0.006)
+    for name in ["student alone, channels_last", "fitnet", "fitnet, fast teacher"]:
+        ms, ratio, _, added_backbone, rss, memory = rows[name]
+        assert ratio == pytest.approx(ms / student_ms, abs=0.006)
+        assert added_backbone == pytest.approx((ms - student_ms) / backbone_ms, abs=0.01 + 0.05 * abs(added_backbone))
+        assert memory == pytest.approx(rss / student_rss, abs=0.006)
+    written = (tmp_path / "table.md").read_text()
+    assert "python tools/benchmark.py --student" in written and "| fitnet, fast teacher |" in written
+
+
+def test_benchmark_times_random_images_of_a_given_size(datasets_root):
+    out = run_benchmark(datasets_root, "--image-size", "96", "160", "--warmup", "0", "--repeats", "1")
+    assert re.search(r"^device cpu, AMP off, batch 2 of 96x160 images", out, re.M), out
+    assert list(table_rows(out)) == ["student alone", "fitnet"]
