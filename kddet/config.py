@@ -11,6 +11,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .data.from_config import register_config_datasets
+from .modeling.mobilenet_v2 import add_mobilenet_v2_config
 
 __all__ = ["add_kddet_config", "load_config"]
 
@@ -35,6 +36,8 @@ def add_kddet_config(cfg: CN) -> None:
     cfg.MODEL.SLIM_RESNET = CN()
     cfg.MODEL.SLIM_RESNET.STAGE_CHANNELS = [64, 128, 256, 512]
     cfg.MODEL.SLIM_RESNET.BLOCKS_PER_STAGE = [2, 2, 2, 2]
+    # MobileNetV2 under an FPN, a student that starts from torchvision's ImageNet weights.
+    add_mobilenet_v2_config(cfg)
 
     # The user's own data sets, registered by load_config (kddet/data/from_config.py): one node per
     # data set, named as DATASETS.TRAIN/TEST name it. A node per name reads in yaml as the data

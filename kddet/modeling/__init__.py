@@ -1,2 +1,3 @@
 from .distillation_rcnn import DistillationRCNN
 from .slim_resnet import build_slim_resnet_fpn_backbone
+from .mobilenet_v2 import build_mobilenet_v2_backbone, build_mobilenet_v2_fpn_backbone
