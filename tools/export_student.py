@@ -23,7 +23,7 @@ from typing import Dict, Optional
 import torch
 
 import kddet  # noqa: F401  (compat shims and kddet's backbones before detectron2's modules)
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from kddet.config import load_config
@@ -41,14 +41,15 @@ def student_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:
 
 def student_config(cfg: CfgNode, weights: Path) -> CfgNode:
     """The plain student's config from a run's: GeneralizedRCNN, no ``KD`` node, ``MODEL.WEIGHTS``
-    the student's exported weights; ``MODEL.SLIM_RESNET`` and ``DATASETS.REGISTER`` only where the
-    backbone is kddet's, whose config detectron2 cannot read anyway."""
+    the student's exported weights; kddet's backbone nodes (``MODEL.SLIM_RESNET``, ``MODEL.MOBILENET_V2``)
+    and ``DATASETS.REGISTER`` only where the backbone is kddet's, whose config detectron2 cannot read anyway."""
     cfg = student_only(cfg).clone()
     cfg.defrost()
     del cfg["KD"]
     if not BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME).__module__.startswith("kddet."):
         # then detectron2's get_cfg() reads the file as it is (inference needs no data set)
-        del cfg.MODEL["SLIM_RESNET"]
+        for node in set(cfg.MODEL) - set(get_cfg().MODEL):
+            del cfg.MODEL[node]
         del cfg.DATASETS["REGISTER"]
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     return cfg
