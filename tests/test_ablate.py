@@ -17,8 +17,7 @@ mr = ablate.mr
 @pytest.mark.parametrize("study", sorted(ablate.STUDIES))
 def test_every_variant_loads_and_changes_what_it_says(study):
     for name, recipe, opts in ablate.STUDIES[study]:
-        config = mr.STUDENT_CONFIG if recipe == "student" else mr.CONFIGS / f"{recipe}.yaml"
-        cfg = mr.load_config(config, [str(o) for o in opts])  # an unknown key would raise here
+        cfg = mr.load_config(ablate.config_of(recipe), [str(o) for o in opts])  # an unknown key would raise here
         for key, value in zip(opts[::2], opts[1::2]):
             node = cfg
             for part in key.split("."):
@@ -37,3 +36,18 @@ def test_table_rows_follow_the_variants_with_deltas_against_the_student():
     assert "| b | `fitnet` | `KD.BALANCE.ENABLED True` | 3 | 30.0 ± 1.0 | 50.0 ± 1.0 | +10.0 | ±2.3 | +50% | helps |" in table
     no_teacher = ablate.format_markdown("variance", {"AP": math.nan}, rows, variants, {"argv": [], "commit": "abc"})
     assert "teacher" not in no_teacher.split("\n")[4]
+
+
+def test_the_pretrained_study_compares_the_mobilenet_v2_student_with_itself_distilled():
+    assert ablate.baseline_of("fitnet") == "student"
+    baseline = mr.load_config(ablate.config_of(ablate.baseline_of("pretrained")))
+    assert baseline.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone" and not baseline.KD.LOSSES
+    for _, recipe, opts in ablate.STUDIES["pretrained"]:
+        cfg = mr.load_config(ablate.config_of(recipe), opts)
+        assert cfg.MODEL.BACKBONE == baseline.MODEL.BACKBONE and cfg.MODEL.WEIGHTS == baseline.MODEL.WEIGHTS
+        assert cfg.KD.LOSSES and mr.losses_need_teacher(cfg)
+    assert not [name for name in mr.all_recipes() if "mobilenet" in name]  # not rows of results/embedded.md
+
+    rows = mr.summarize({"AP": 40.0}, {"student": [{"AP": 30.0, "AP50": 50.0, "AP75": 25.0, "minutes": 1.0, "iters": 300}]})
+    table = ablate.format_markdown("pretrained", {"AP": 40.0}, rows, [], {"argv": ["pretrained"], "commit": "abc"})
+    assert "| student alone | `mobilenet_v2/student` | | 1 | 30.0 | 50.0 |" in table

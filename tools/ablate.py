@@ -5,11 +5,12 @@ Each study below is a list of variants (a recipe of configs/shapes/ and the opti
 variant); every variant is trained with each seed through tools/train_net.py, exactly as
 tools/make_results.py trains its recipes (same schedule, same teacher, same cache: a run already
 made by make_results with the same resolved config is reused), and the study's table goes to
-results/ablation_<study>.md: AP mean ± std, the change against the student alone with the same
-seeds, and the verdict of the same Welch t-test.
+results/ablation_<study>.md: AP mean ± std, the change against the study's baseline (the student
+alone, or the student BASELINES names) with the same seeds, and the verdict of the same Welch t-test.
 
     python tools/ablate.py fitnet                 # -> results/ablation_fitnet.md
     python tools/ablate.py fgfi balance --seeds 1 2 3
+    python tools/ablate.py pretrained             # MobileNetV2 from ImageNet weights, converted if missing
 """
 import argparse
 import math
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_results as mr  # noqa: E402  (tools/ is not a package)
+import convert_pretrained  # noqa: E402  (tools/ is not a package)
+import make_results as mr  # noqa: E402
 
 BALANCE = ["KD.BALANCE.ENABLED", True]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
@@ -59,11 +61,37 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("SP, hand-tuned weight 300", "sp", []),
         ("SP, the paper's weight 3000 (diverged), balanced", "sp", ["KD.SP.WEIGHT", 3000.0, *BALANCE]),
     ],
+    # What distillation adds to a student that starts from ImageNet weights (MobileNetV2-FPN).
+    "pretrained": [
+        ("combined recipe", "mobilenet_v2/combined", []),
+        ("NST", "mobilenet_v2/nst", []),
+    ],
 }
+# study -> the recipe its variants are compared against, where it is not the slim student alone.
+BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student"}
+
+
+def baseline_of(study: str) -> str:
+    return BASELINES.get(study, "student")
+
+
+def config_of(recipe: str) -> Path:
+    """The config of ``recipe``: the slim student alone for "student", else configs/shapes/<recipe>.yaml."""
+    return mr.STUDENT_CONFIG if recipe == "student" else mr.CONFIGS / f"{recipe}.yaml"
+
+
+def convert_missing_weights(recipes: List[str]) -> None:
+    """Convert the shipped ImageNet weights the recipes start from (MobileNetV2's) if missing, once,
+    before their runs start."""
+    for recipe in dict.fromkeys(recipes):
+        weights = mr.load_config(config_of(recipe)).MODEL.WEIGHTS
+        if weights and convert_pretrained.convert_shipped_if_missing(mr.REPO / weights, mr.REPO):
+            print(f"Converted torchvision's MobileNetV2 ImageNet weights to {weights}")
 
 
 def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list, setting: dict) -> str:
     student, recipes = rows[0], rows[1:]
+    baseline = mr.STUDENT_CONFIG.stem if baseline_of(study) == "student" else baseline_of(study)
     lines = [
         f"# Ablation `{study}` on the embedded data set",
         "",
@@ -77,7 +105,7 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
         "",
         "| variant | recipe | options | seeds | AP | AP50 | ΔAP vs student | smallest detectable ΔAP | gap recovered | verdict |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
-        f"| student alone | `student_slim_r8` | | {mr.seeds_cell(student)} | {mr._pm(student['AP'], student['AP_std'])} | "
+        f"| student alone | `{baseline}` | | {mr.seeds_cell(student)} | {mr._pm(student['AP'], student['AP_std'])} | "
         f"{mr._pm(student['AP50'], student['AP50_std'])} | | | | |",
     ]
     for row, (name, recipe, opts) in zip(recipes, variants):
@@ -106,16 +134,18 @@ def main() -> None:
     output = Path(args.output).resolve()
     runner = mr.Runner(args.device, jobs, [], retrain=False, cache_root=output)
     iters = mr.load_config(mr.STUDENT_CONFIG).SOLVER.MAX_ITER
+    baselines = list(dict.fromkeys(baseline_of(study) for study in args.studies))
+    convert_missing_weights(baselines + [recipe for study in args.studies for _, recipe, _ in STUDIES[study]])
     start = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
         needs_teacher = any(
-            recipe != "student" and mr.losses_need_teacher(mr.load_config(mr.CONFIGS / f"{recipe}.yaml"))
+            mr.losses_need_teacher(mr.load_config(config_of(recipe)))
             for study in args.studies for _, recipe, _ in STUDIES[study]
         )
         teacher_job = pool.submit(mr.train_teacher, runner, output / "teacher") if needs_teacher else None
 
         def run(name: str, recipe: str, opts: list, out_dir: Path, seed: int) -> dict:
-            config = mr.STUDENT_CONFIG if recipe == "student" else mr.CONFIGS / f"{recipe}.yaml"
+            config = config_of(recipe)
             opts = ["SEED", seed, *mr.schedule_opts(config, iters), *opts]
             teacher_key = ""
             if mr.losses_need_teacher(mr.load_config(config)):
@@ -126,12 +156,17 @@ def main() -> None:
         def seeds(recipe: str, opts: list) -> List[int]:
             return mr.seeds_of(recipe, args.seeds) if not opts else (args.seeds or mr.SEEDS)
 
-        # The student alone lives where make_results keeps it, so both tools share those runs.
-        student_jobs = [pool.submit(run, "student", "student", [], output / "full" / "student", s) for s in seeds("student", [])]
-
         def out_dir(study: str, i: int, recipe: str, opts: list) -> Path:
-            # A recipe as committed is make_results' run of it, shared with the results table.
-            return output / "full" / recipe if not opts else output / "ablation" / study / str(i)
+            if opts:
+                return output / "ablation" / study / str(i)
+            # A recipe of the results table as committed (the student alone too) is make_results' run
+            # of it, shared with the table; another one is shared by the studies that train it.
+            return output / ("full" if recipe in ["student", *mr.all_recipes()] else "ablation") / recipe
+
+        baseline_jobs = {
+            baseline: [pool.submit(run, baseline, baseline, [], out_dir("", 0, baseline, []), s) for s in seeds(baseline, [])]
+            for baseline in baselines
+        }
 
         study_jobs = {
             study: [
@@ -140,11 +175,11 @@ def main() -> None:
             ]
             for study in args.studies
         }
-        students = [job.result() for job in student_jobs]
+        baseline_runs = {baseline: [job.result() for job in jobs_] for baseline, jobs_ in baseline_jobs.items()}
         # A study of the student alone neither waits for nor trains the teacher (make_results may be).
         teacher = teacher_job.result() if teacher_job else {"AP": math.nan}
         for study, variant_jobs in study_jobs.items():
-            runs = {"student": students}
+            runs = {"student": baseline_runs[baseline_of(study)]}  # summarize's name for the baseline
             runs.update({str(i): [job.result() for job in jobs_] for i, jobs_ in enumerate(variant_jobs)})
             rows = mr.summarize(teacher, runs)
             setting = {"argv": sys.argv[1:], "commit": runner.commit}
