@@ -51,3 +51,18 @@ def test_the_pretrained_study_compares_the_mobilenet_v2_student_with_itself_dist
     rows = mr.summarize({"AP": 40.0}, {"student": [{"AP": 30.0, "AP50": 50.0, "AP75": 25.0, "minutes": 1.0, "iters": 300}]})
     table = ablate.format_markdown("pretrained", {"AP": 40.0}, rows, [], {"argv": ["pretrained"], "commit": "abc"})
     assert "| student alone | `mobilenet_v2/student` | | 1 | 30.0 | 50.0 |" in table
+
+
+@pytest.mark.parametrize("study", ["fast_teacher", "fast_teacher_nst"])
+def test_a_fast_teacher_study_changes_only_how_the_teacher_computes(study):
+    baseline = mr.load_config(ablate.config_of(ablate.baseline_of(study)))
+    (_, recipe, opts), = ablate.STUDIES[study]
+    assert recipe == ablate.baseline_of(study)
+    variant = mr.load_config(ablate.config_of(recipe), [str(o) for o in opts])
+    assert (variant.KD.TEACHER.PRECISION, variant.KD.TEACHER.CHANNELS_LAST) == ("bf16", True)
+    variant.KD.TEACHER.PRECISION, variant.KD.TEACHER.CHANNELS_LAST = baseline.KD.TEACHER.PRECISION, baseline.KD.TEACHER.CHANNELS_LAST
+    assert variant.dump() == baseline.dump()
+
+    rows = mr.summarize({"AP": 40.0}, {"student": [{"AP": 30.0, "AP50": 50.0, "AP75": 25.0, "minutes": 1.0, "iters": 300}]})
+    table = ablate.format_markdown(study, {"AP": 40.0}, rows, [], {"argv": [study], "commit": "abc"})
+    assert f"| recipe as committed | `{recipe}` | | 1 | 30.0 | 50.0 |" in table
