@@ -1,10 +1,14 @@
 """The trainer and config set-up shared by tools/train_net.py and the demo."""
 import logging
 import os
+from unittest import mock
+
+from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, defaults
+from detectron2.engine.defaults import create_ddp_model as detectron2_create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -13,18 +17,27 @@ from .evaluation import build_evaluator, check_test_datasets
 from .modeling.memory_format import use_channels_last
 from .validation import check_distillation, distillation_summary
 
-__all__ = ["Trainer", "check_resumable", "divergence_hint", "setup_cfg", "student_only"]
+__all__ = ["Trainer", "check_resumable", "create_ddp_model", "divergence_hint", "setup_cfg", "student_only"]
 
 logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer, with the evaluator chosen by data set type (checked before the
-    first iteration) and divergence errors that say what to change."""
+    first iteration), divergence errors that say what to change, and a student on the CPU trainable
+    in several processes."""
 
     def __init__(self, cfg: CfgNode):
         check_test_datasets(cfg)  # evaluation runs after training: a test set it cannot score stops the run now
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ wraps the model with detectron2's create_ddp_model, which passes a
+        # CPU model device_ids that DDP rejects: while it builds, that call goes to ours.
+        # find_unused_parameters stays False (no search of the graph every step): every parameter
+        # reaches the loss at every step. The detector's own losses use all of the student, and a
+        # loss with adapters that has nothing to add on a step returns its term times zero, not no
+        # term (FGFI in warm-up, KD.BALANCE while measuring). tests/test_multiprocess.py trains every
+        # shapes recipe in two processes with it.
+        with mock.patch.object(defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg):
@@ -54,6 +67,15 @@ class Trainer(DefaultTrainer):
             super().run_step()
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}\n{divergence_hint(self.cfg)}") from error
+
+
+def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """detectron2's ``create_ddp_model`` (the model itself in one process), for a model on the CPU
+    too: detectron2 gives DistributedDataParallel ``device_ids=[local rank]``, which only a GPU
+    model takes; a CPU model gets none."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs.setdefault("device_ids", None)
+    return detectron2_create_ddp_model(model, **kwargs)
 
 
 def check_resumable(checkpointer: DetectionCheckpointer) -> None:
