@@ -18,6 +18,11 @@ KNOWN_HARMLESS = [
     # detectron2's model_zoo imports pkg_resources for resource_filename alone; once setuptools
     # drops it, kddet.compat stands in for that one function.
     (UserWarning, r"pkg_resources is deprecated as an API"),
+    # In several processes: detectron2's all_gather and gather pickle through torch.ByteStorage,
+    # which torch still supports; and its DefaultTrainer asks DDP for broadcast_buffers=False,
+    # which torch still honours (its replacement, forward_sync_buffers, would also sync at start).
+    (UserWarning, r"TypedStorage is deprecated"),
+    (FutureWarning, r"`broadcast_buffers` is deprecated"),
 ]
 
 
