@@ -55,6 +55,8 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("standardised target", "fgfi", ["KD.FGFI.STANDARDIZE_TARGET", True]),
         ("balanced (0.5 of the detector's losses)", "fgfi", BALANCE),
         ("standardised target, balanced", "fgfi", ["KD.FGFI.STANDARDIZE_TARGET", True, *BALANCE]),
+        # The distillation path with nothing distilled: teacher built and run, adapters trained on no signal.
+        ("lambda 0 (nothing distilled)", "fgfi", ["KD.FGFI.WEIGHT", 0.0]),
     ],
     "balance": [
         ("KD, hand-tuned weight 0.25", "kd", []),
