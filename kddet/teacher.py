@@ -10,7 +10,6 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import GeneralizedRCNN, build_model
-from detectron2.structures import ImageList
 
 from .config import load_config
 from .model_zoo import config_file, download, is_url
@@ -21,7 +20,6 @@ __all__ = [
     "teacher_dtype",
     "check_same_anchors",
     "check_teacher_matches_student",
-    "teacher_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,12 +208,3 @@ def check_same_anchors(student_rpn: nn.Module, teacher_rpn: nn.Module) -> None:
             f"  teacher: {_anchor_settings(teacher_rpn)}\n"
             "Give the teacher and the student the same MODEL.ANCHOR_GENERATOR and MODEL.RPN.IN_FEATURES."
         )
-
-
-def teacher_images(teacher: GeneralizedRCNN, student_format: str, batched_inputs: List[Dict]) -> ImageList:
-    """The student's augmented batch, normalised with the teacher's own pixel mean/std and format."""
-    images = [x["image"].to(teacher.device) for x in batched_inputs]
-    if teacher.input_format != student_format:  # RGB <-> BGR
-        images = [image.flip(0) for image in images]
-    images = [(image - teacher.pixel_mean) / teacher.pixel_std for image in images]
-    return ImageList.from_tensors(images, teacher.backbone.size_divisibility)

@@ -18,7 +18,8 @@ from torch import nn
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_kddet_config
-from .losses import KD_LOSS_REGISTRY, kd_loss_classes, loss_needs_teacher
+from .capture import RECORD_KINDS
+from .losses import KD_LOSS_REGISTRY, kd_loss_classes
 from .model_zoo import cached_file, config_file, is_url
 
 __all__ = ["DISTILLATION_ARCH", "check_distillation", "distillation_problems", "distillation_summary", "term_weights"]
@@ -26,17 +27,6 @@ __all__ = ["DISTILLATION_ARCH", "check_distillation", "distillation_problems", "
 logger = logging.getLogger(__name__)
 
 DISTILLATION_ARCH = "DistillationRCNN"
-
-# The part of the detector each record kind (kddet.capture.STUDENT_SOURCES) comes from.
-_RECORD_PARTS = {
-    "features": "features",
-    "anchors": "RPN",
-    "rpn": "RPN",
-    "rpn_labels": "RPN",
-    "proposals": "RoI",
-    "box_features": "RoI",
-    "predictions": "RoI",
-}
 
 
 def term_weights(node: CfgNode) -> Dict[str, float]:
@@ -55,7 +45,7 @@ def _qualified(key: str, term: str) -> str:
 
 
 def _needs_teacher(loss_names: List[str]) -> bool:
-    return any(loss_needs_teacher(KD_LOSS_REGISTRY.get(name)) for name in loss_names)
+    return any(KD_LOSS_REGISTRY.get(name).needs_teacher for name in loss_names)
 
 
 def distillation_problems(cfg: CfgNode) -> Tuple[List[str], List[str]]:
@@ -183,13 +173,13 @@ def distillation_summary(
         for name in losses:
             node = cfg.KD[name.upper()]
             cls = KD_LOSS_REGISTRY.get(name)
-            parts = dict.fromkeys(_RECORD_PARTS[need] for need in cls.needs)
+            parts = dict.fromkeys(RECORD_KINDS[need].part for need in cls.needs)
             rows.append([
                 name,
                 ", ".join(f"{term} {value:g}" for term, value in term_weights(node).items()) or "-",
                 " ".join(node.get("IN_FEATURES", [])) or "-",
                 node.get("WARMUP_ITERS", "-"),
-                " + ".join(parts) + ("" if loss_needs_teacher(cls) else " (no teacher)"),
+                " + ".join(parts) + ("" if cls.needs_teacher else " (no teacher)"),
             ])
         headers = ["loss", "weight", "levels", "warm-up iters", "reads"]
         lines.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True))

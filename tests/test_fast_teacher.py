@@ -14,7 +14,6 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, TEACHER_CONFIG, load_config
-from kddet.capture import STUDENT_SOURCES, Recorder
 from kddet.losses import KD_LOSS_REGISTRY
 from kddet.teacher import teacher_dtype
 from kddet.warning_filters import filter_known_warnings
@@ -58,8 +57,7 @@ def student_records(teacher_weights, batch):
     filter_known_warnings()  # module fixtures run before the autouse one that does it per test
     torch.manual_seed(0)
     model = build_model(distillation_cfg(teacher_weights)).train()
-    sources = {need: STUDENT_SOURCES[need] for need in model._needs}
-    with EventStorage(0), Recorder(model, sources) as recorder:
+    with EventStorage(0), model.probe.recorder(model) as recorder:
         super(type(model), model).forward(batch)  # GeneralizedRCNN's: the student alone
     return recorder.records
 

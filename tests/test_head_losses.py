@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import smooth_l1_loss
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
-from kddet.capture import Recorder
+from kddet.capture import BoxPredictions, Recorder, RPNOutputs, SampledAnchors
 from kddet.losses import (
     KD,
     PKT,
@@ -258,7 +258,7 @@ def rpn_records(num_images=2, levels=((4, 4), (2, 2)), anchors_per_cell=3):
     total = sum(len(a) for a in anchors)
     labels = [torch.randint(-1, 2, (total,)) for _ in range(num_images)]
     matched = [random_boxes(total) for _ in range(num_images)]
-    return (logits, deltas), anchors, (labels, matched)
+    return RPNOutputs(logits, deltas), anchors, SampledAnchors(labels, matched)
 
 
 def slow_rpn_row(rpn_outputs, image, row):
@@ -316,7 +316,7 @@ def test_rpn_bounded_reg_on_the_foreground_anchors():
     student, anchors, (labels, matched) = rpn_records()
     teacher, _, _ = rpn_records()
     batch = DistillationBatch(
-        student={"rpn": student, "rpn_labels": (labels, matched), "anchors": anchors}, teacher={"rpn": teacher},
+        student={"rpn": student, "rpn_labels": SampledAnchors(labels, matched), "anchors": anchors}, teacher={"rpn": teacher},
         gt_instances=[], image_sizes=[],
     )
     transform = Box2BoxTransform(BOX_WEIGHTS)
@@ -352,11 +352,11 @@ def rcn_batch(proposals, box_dim=4 * NUM_CLASSES, feature_dims=(6, 9)):
     rows = sum(len(p) for p in proposals)
     student = {
         "proposals": proposals,
-        "predictions": (leaf(rows, NUM_CLASSES + 1, dtype=torch.float32), leaf(rows, box_dim, dtype=torch.float32)),
+        "predictions": BoxPredictions(leaf(rows, NUM_CLASSES + 1, dtype=torch.float32), leaf(rows, box_dim, dtype=torch.float32)),
         "box_features": leaf(rows, feature_dims[0], dtype=torch.float32).detach().relu().requires_grad_(),
     }
     teacher = {
-        "predictions": (torch.randn(rows, NUM_CLASSES + 1), torch.randn(rows, 4 * NUM_CLASSES)),
+        "predictions": BoxPredictions(torch.randn(rows, NUM_CLASSES + 1), torch.randn(rows, 4 * NUM_CLASSES)),
         "box_features": torch.randn(rows, feature_dims[1]).relu(),
     }
     return DistillationBatch(student=student, teacher=teacher, gt_instances=[], image_sizes=[])
@@ -478,7 +478,7 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
     student, anchors, (labels, matched) = rpn_records(num_images=1)
     labels = [labels[0].clamp(max=0)]
     rpn_batch = DistillationBatch(
-        student={"rpn": student, "rpn_labels": (labels, [torch.zeros_like(matched[0])]), "anchors": anchors},
+        student={"rpn": student, "rpn_labels": SampledAnchors(labels, [torch.zeros_like(matched[0])]), "anchors": anchors},
         teacher={"rpn": rpn_records(num_images=1)[0]}, gt_instances=[], image_sizes=[],
     )
     bounded = RPNBoundedReg(weight=0.5, margin=0.0, box2box_transform=Box2BoxTransform(BOX_WEIGHTS))(rpn_batch)

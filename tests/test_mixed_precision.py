@@ -60,6 +60,8 @@ def map_tensors(records, fn):
     """``records`` with ``fn`` applied to each of its floating-point tensors."""
     if isinstance(records, torch.Tensor):
         return fn(records) if records.is_floating_point() else records
+    if isinstance(records, tuple) and hasattr(records, "_fields"):  # a named tuple
+        return type(records)(*(map_tensors(r, fn) for r in records))
     if isinstance(records, (list, tuple)):
         return type(records)(map_tensors(r, fn) for r in records)
     if isinstance(records, dict):

@@ -2,10 +2,10 @@
 from .build import (
     KD_LOSS_REGISTRY,
     DistillationBatch,
+    DistillationLoss,
     build_kd_losses,
     check_feature_names,
     kd_loss_classes,
-    loss_needs_teacher,
     losses_need_teacher,
     weighted,
 )

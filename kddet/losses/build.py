@@ -1,13 +1,12 @@
-"""The registry of distillation losses and what every loss receives.
+"""The registry of distillation losses, the contract every loss fulfils, and what it receives.
 
-A loss is a small ``nn.Module`` registered in ``KD_LOSS_REGISTRY`` under its class name, built
-from ``cfg.KD.<NAME>`` (the name upper-cased) through ``@configurable`` ``from_config(cls, cfg,
-student_shapes, teacher_shapes)``. It declares in ``needs`` which records (see
-``kddet.capture.STUDENT_SOURCES``) it reads, so that the teacher runs only as far as the enabled
-losses need, and returns a dict of weighted terms named ``loss_kd_*``.
+A loss subclasses ``DistillationLoss``, which declares what the meta-architecture reads of it, and is
+registered in ``KD_LOSS_REGISTRY`` under its class name, the name ``KD.LOSSES`` selects it by. It is
+built from its node ``cfg.KD.<NAME>`` (the name upper-cased) through ``@configurable``
+``from_config(cls, cfg, student_shapes, teacher_shapes)``.
 """
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,28 +15,32 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
+from ..capture import RECORD_KINDS
+
 __all__ = [
     "KD_LOSS_REGISTRY",
     "DistillationBatch",
+    "DistillationLoss",
     "build_kd_losses",
     "check_feature_names",
     "kd_loss_classes",
-    "loss_needs_teacher",
     "losses_need_teacher",
     "weighted",
 ]
 
 KD_LOSS_REGISTRY = Registry("KD_LOSS")
-KD_LOSS_REGISTRY.__doc__ = """Distillation losses, selected by name in ``cfg.KD.LOSSES``."""
+KD_LOSS_REGISTRY.__doc__ = """Distillation losses (``DistillationLoss`` subclasses), selected by name in ``cfg.KD.LOSSES``."""
 
 
 @dataclass
 class DistillationBatch:
     """What student and teacher produced on one training batch.
 
-    ``student`` and ``teacher`` map record kinds ("features", "rpn", "anchors", "proposals",
-    "box_features", "predictions"; the student also "rpn_labels") to values; the teacher's RPN
-    and box head ran on the student's anchors and sampled proposals, so rows line up.
+    ``student`` maps the record kinds the enabled losses read (``kddet.capture.RECORD_KINDS``:
+    "features", "anchors", "rpn", "rpn_labels", "proposals", "box_features", "predictions") to the
+    student's records. ``teacher`` holds the kinds a teacher computes ("features", "rpn",
+    "box_features", "predictions"), its RPN and box head run on the student's anchors and sampled
+    proposals, so rows line up; it is empty when no enabled loss reads a teacher.
     """
 
     student: Dict[str, Any]
@@ -45,7 +48,32 @@ class DistillationBatch:
     gt_instances: List[Instances]
     image_sizes: List[Tuple[int, int]]  # (h, w) of each image before padding
     iteration: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class DistillationLoss(nn.Module):
+    """What every distillation loss offers the meta-architecture.
+
+    Class attributes:
+        needs: the record kinds it reads (``kddet.capture.RECORD_KINDS``), of the student, and of
+            the teacher for the kinds a teacher computes; the networks record and compute only
+            what the enabled losses need. A kind that does not exist stops the build.
+        needs_teacher: False for a loss that reads the student alone (VirtualTeacher): no teacher
+            is built for it.
+
+    ``student_loss_scale`` gives factors for detectron2's own loss terms (Chen et al.'s ``mu *
+    hard loss``), and ``forward(batch)`` returns a dict of weighted terms named ``loss_kd_*``.
+    """
+
+    needs: ClassVar[Tuple[str, ...]] = ()
+    needs_teacher: ClassVar[bool] = True
+
+    @property
+    def student_loss_scale(self) -> Dict[str, float]:
+        """Factors by which detectron2's own loss terms (``loss_cls``, ...) are multiplied; none by default."""
+        return {}
+
+    def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
 
 
 def check_feature_names(
@@ -68,22 +96,28 @@ def check_feature_names(
 
 
 def kd_loss_classes(cfg) -> Dict[str, type]:
-    """The classes of the losses named in ``cfg.KD.LOSSES``; an unknown name stops here."""
+    """The classes of the losses named in ``cfg.KD.LOSSES``; an unknown name, or a loss that is no
+    ``DistillationLoss`` or needs an unknown record kind, stops here."""
     registered = sorted(name for name, _ in KD_LOSS_REGISTRY)
     unknown = [name for name in cfg.KD.LOSSES if name not in registered]
     if unknown:
         raise ValueError(f"Unknown distillation loss(es) {unknown} in KD.LOSSES; registered losses: {registered}")
-    return {name: KD_LOSS_REGISTRY.get(name) for name in cfg.KD.LOSSES}
-
-
-def loss_needs_teacher(cls: type) -> bool:
-    """Whether a loss class reads a teacher network (the default; VirtualTeacher does not)."""
-    return getattr(cls, "needs_teacher", True)
+    classes = {name: KD_LOSS_REGISTRY.get(name) for name in cfg.KD.LOSSES}
+    for name, cls in classes.items():
+        if not issubclass(cls, DistillationLoss):
+            raise TypeError(f"The registered loss {name} does not subclass DistillationLoss (kddet/losses/build.py).")
+        unknown_kinds = [kind for kind in cls.needs if kind not in RECORD_KINDS]
+        if unknown_kinds:
+            raise ValueError(
+                f"{name}.needs names record kind(s) {unknown_kinds} that kddet does not record; the kinds are "
+                f"{list(RECORD_KINDS)} (kddet/capture.py)."
+            )
+    return classes
 
 
 def losses_need_teacher(cfg) -> bool:
     """False when every enabled loss works without a teacher network (or none is enabled)."""
-    return any(loss_needs_teacher(cls) for cls in kd_loss_classes(cfg).values())
+    return any(cls.needs_teacher for cls in kd_loss_classes(cfg).values())
 
 
 def build_kd_losses(

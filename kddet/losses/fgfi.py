@@ -15,7 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, pairwise_iou
 
 from ..adapters import build_adapter
-from .build import KD_LOSS_REGISTRY, DistillationBatch, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names, weighted
 from .pkd import standardise_channels
 
 __all__ = ["FGFI", "fgfi_loss", "imitation_masks"]
@@ -83,7 +83,7 @@ def fgfi_loss(
 
 
 @KD_LOSS_REGISTRY.register()
-class FGFI(nn.Module):
+class FGFI(DistillationLoss):
     """Imitation of the teacher's features near objects, through a per-level 3x3 adapter."""
 
     needs = ("features", "anchors")

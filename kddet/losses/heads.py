@@ -13,6 +13,8 @@ from detectron2.layers import cat, nonzero_tuple
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
+from ..capture import RPNOutputs
+
 __all__ = [
     "class_weights",
     "gt_class_deltas",
@@ -24,13 +26,14 @@ __all__ = [
 ]
 
 
-def rpn_rows(rpn_outputs: Tuple[List[torch.Tensor], List[torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+def rpn_rows(rpn_outputs: RPNOutputs) -> Tuple[torch.Tensor, torch.Tensor]:
     """``rpn_head`` outputs as objectness logits ``(N, R)`` and deltas ``(N, R, 4)``, one row per
     anchor in the order of ``RPN.forward`` and ``label_and_sample_anchors``."""
-    logits, deltas = rpn_outputs
-    logits = cat([x.permute(0, 2, 3, 1).flatten(1) for x in logits], dim=1)  # (N, A, H, W) -> (N, H*W*A)
+    # (N, A, H, W) -> (N, H*W*A)
+    logits = cat([x.permute(0, 2, 3, 1).flatten(1) for x in rpn_outputs.objectness_logits], dim=1)
     deltas = cat(
-        [x.view(x.shape[0], -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in deltas], dim=1
+        [x.view(x.shape[0], -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in rpn_outputs.anchor_deltas],
+        dim=1,
     )  # (N, A*4, H, W) -> (N, H*W*A, 4)
     return logits, deltas
 

@@ -3,11 +3,10 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
 
 __all__ = ["KD", "soft_target_kl"]
 
@@ -23,7 +22,7 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, te
 
 
 @KD_LOSS_REGISTRY.register()
-class KD(nn.Module):
+class KD(DistillationLoss):
     """Soft targets from the teacher's box predictor on the student's sampled proposals; the
     student's hard ``loss_cls`` stays as it is."""
 
@@ -40,6 +39,6 @@ class KD(nn.Module):
         return {"weight": cfg.KD.KD.WEIGHT, "temperature": cfg.KD.KD.TEMPERATURE}
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        student_scores, teacher_scores = batch.student["predictions"][0], batch.teacher["predictions"][0]
+        student_scores, teacher_scores = batch.student["predictions"].scores, batch.teacher["predictions"].scores
         teacher_probs = F.softmax(teacher_scores.float() / self.temperature, dim=1)
         return weighted("kd", self.weight, soft_target_kl(student_scores, teacher_probs, self.temperature))

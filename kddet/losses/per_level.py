@@ -8,12 +8,12 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from .build import DistillationBatch, check_feature_names, weighted
+from .build import DistillationBatch, DistillationLoss, check_feature_names, weighted
 
 __all__ = ["PerLevelFeatureLoss"]
 
 
-class PerLevelFeatureLoss(nn.Module):
+class PerLevelFeatureLoss(DistillationLoss):
     """Subclasses define ``level_loss(level, student_adapted, teacher)`` and, when the student is
     adapted, ``build_adapter(node, student channels, teacher channels)`` (identity otherwise); their
     config node is ``KD.<class name upper-cased>``, and ``from_config`` may add options of their own

@@ -2,12 +2,11 @@
 from typing import Dict
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
 from .heads import gt_class_deltas, rcn_foreground
 
 __all__ = ["RCNBoundedReg", "teacher_bounded_l2"]
@@ -25,7 +24,7 @@ def teacher_bounded_l2(
 
 
 @KD_LOSS_REGISTRY.register()
-class RCNBoundedReg(nn.Module):
+class RCNBoundedReg(DistillationLoss):
     """``nu * L_b`` on the foreground proposals, added to detectron2's smooth-L1 ``loss_box_reg``
     and, like it, summed over foreground rows and divided by the number of sampled rows."""
 
@@ -53,8 +52,8 @@ class RCNBoundedReg(nn.Module):
         proposals = batch.student["proposals"]
         fg, fg_classes, targets = rcn_foreground(proposals, self.box2box_transform, self.num_classes)
         bounded = teacher_bounded_l2(
-            gt_class_deltas(batch.student["predictions"][1], fg, fg_classes),
-            gt_class_deltas(batch.teacher["predictions"][1], fg, fg_classes),
+            gt_class_deltas(batch.student["predictions"].proposal_deltas, fg, fg_classes),
+            gt_class_deltas(batch.teacher["predictions"].proposal_deltas, fg, fg_classes),
             targets,
             self.margin,
         )

@@ -18,4 +18,4 @@ class RCNSoftCls(SoftClassification):
     loss_name = "rcn_soft_cls"
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        return self.soft_term(batch.student["predictions"][0], batch.teacher["predictions"][0])
+        return self.soft_term(batch.student["predictions"].scores, batch.teacher["predictions"].scores)

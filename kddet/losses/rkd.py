@@ -4,11 +4,10 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 from .heads import mean_over_images
 
 __all__ = ["RKD", "rkd_angle_loss", "rkd_distance_loss"]
@@ -50,7 +49,7 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 
 
 @KD_LOSS_REGISTRY.register()
-class RKD(nn.Module):
+class RKD(DistillationLoss):
     """RKD-D and RKD-A between student and teacher box-head features of the same RoIs, per image.
 
     The angle term holds ``(R, R, D)`` and ``(R, R, R)`` tensors, so it runs on a random subset of

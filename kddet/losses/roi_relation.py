@@ -3,17 +3,16 @@ the teacher's box-head features of the same sampled proposals, taken within each
 from typing import Callable, Dict
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 
-from .build import DistillationBatch, weighted
+from .build import DistillationBatch, DistillationLoss, weighted
 from .heads import mean_over_images
 
 __all__ = ["RoIRelationLoss"]
 
 
-class RoIRelationLoss(nn.Module):
+class RoIRelationLoss(DistillationLoss):
     """A relation loss between student and teacher box-head features of the same RoIs, per image:
     subclasses set ``relation_loss(student, teacher)``; their node is ``KD.<class name upper-cased>``
     with a ``WEIGHT``."""

@@ -6,12 +6,11 @@ are the deltas from those anchors to their matched ground truth, as the RPN comp
 from typing import Dict
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
 from .heads import rpn_regression_targets, rpn_rows
 from .rcn_bounded_reg import teacher_bounded_l2
 
@@ -19,7 +18,7 @@ __all__ = ["RPNBoundedReg"]
 
 
 @KD_LOSS_REGISTRY.register()
-class RPNBoundedReg(nn.Module):
+class RPNBoundedReg(DistillationLoss):
     """``nu * L_b`` on the foreground anchors, added to detectron2's ``loss_rpn_loc``; summed over
     foreground anchors and divided by the number of sampled anchors (Chen's ``1/N sum``)."""
 
@@ -42,10 +41,10 @@ class RPNBoundedReg(nn.Module):
         }
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        labels, matched_gt_boxes = batch.student["rpn_labels"]
-        labels = torch.stack(labels)
+        sampled_anchors = batch.student["rpn_labels"]
+        labels = torch.stack(sampled_anchors.labels)
         foreground = labels == 1
-        targets = rpn_regression_targets(batch.student["anchors"], matched_gt_boxes, self.box2box_transform)
+        targets = rpn_regression_targets(batch.student["anchors"], sampled_anchors.matched_gt_boxes, self.box2box_transform)
         _, student_deltas = rpn_rows(batch.student["rpn"])
         _, teacher_deltas = rpn_rows(batch.teacher["rpn"])
         bounded = teacher_bounded_l2(

@@ -35,7 +35,7 @@ class RPNSoftCls(SoftClassification):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student_logits, _ = rpn_rows(batch.student["rpn"])
         teacher_logits, _ = rpn_rows(batch.teacher["rpn"])
-        sampled = torch.stack(batch.student["rpn_labels"][0]) >= 0
+        sampled = torch.stack(batch.student["rpn_labels"].labels) >= 0
         return self.soft_term(
             objectness_as_two_classes(student_logits[sampled]), objectness_as_two_classes(teacher_logits[sampled])
         )

@@ -4,11 +4,10 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
 
-from .build import weighted
+from .build import DistillationLoss, weighted
 from .heads import class_weights
 
 __all__ = ["SoftClassification", "weighted_soft_cross_entropy"]
@@ -26,7 +25,7 @@ def weighted_soft_cross_entropy(
     return per_row.sum() / max(per_row.numel(), 1)
 
 
-class SoftClassification(nn.Module):
+class SoftClassification(DistillationLoss):
     """``L_cls = mu * L_hard + (1 - mu) * L_soft`` (Chen et al. 2017): detectron2's ``hard_loss``
     scaled by ``mu``, and the soft term ``loss_kd_<loss_name>`` weighted by ``1 - mu``. Subclasses
     pick the rows; their node ``KD.<class name upper-cased>`` has MU, TEMPERATURE, BACKGROUND_WEIGHT."""
@@ -40,7 +39,10 @@ class SoftClassification(nn.Module):
         self.mu = mu
         self.temperature = temperature
         self.background_weight = background_weight
-        self.student_loss_scale = {self.hard_loss: mu}
+
+    @property
+    def student_loss_scale(self) -> Dict[str, float]:
+        return {self.hard_loss: self.mu}
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):

@@ -3,12 +3,11 @@ framework", Tf-KD_reg): soft targets from the labels alone, no teacher network."
 from typing import Dict
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import cat
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
 from .kd import soft_target_kl
 
 __all__ = ["VirtualTeacher", "virtual_teacher_probs"]
@@ -24,7 +23,7 @@ def virtual_teacher_probs(labels: torch.Tensor, num_columns: int, correct_prob: 
 
 
 @KD_LOSS_REGISTRY.register()
-class VirtualTeacher(nn.Module):
+class VirtualTeacher(DistillationLoss):
     """``tau^2 * KL(p || softmax(z_S / tau))`` on the sampled proposals, ``p`` the virtual teacher
     over the K+1 columns of the RoI head (background is the true class of background RoIs)."""
 
@@ -44,7 +43,7 @@ class VirtualTeacher(nn.Module):
         return {"weight": node.WEIGHT, "temperature": node.TEMPERATURE, "correct_prob": node.CORRECT_PROB}
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
-        scores = batch.student["predictions"][0]
+        scores = batch.student["predictions"].scores
         labels = cat([p.gt_classes for p in batch.student["proposals"]])
         probs = virtual_teacher_probs(labels, scores.shape[1], self.correct_prob)
         return weighted("virtual_teacher", self.weight, soft_target_kl(scores, probs, self.temperature))

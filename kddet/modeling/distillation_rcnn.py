@@ -17,9 +17,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
 
 from ..balance import LossBalancer
-from ..capture import STUDENT_SOURCES, Recorder
+from ..capture import RCNNProbe
 from ..losses import DistillationBatch, build_kd_losses, losses_need_teacher
-from ..teacher import build_teacher, check_same_anchors, teacher_dtype, teacher_images
+from ..teacher import build_teacher, check_same_anchors, teacher_dtype
 
 __all__ = ["DistillationRCNN"]
 
@@ -52,7 +52,7 @@ class DistillationRCNN(GeneralizedRCNN):
         """
         Args:
             teacher: the frozen teacher, or None when no enabled loss needs one.
-            kd_losses: distillation losses by name, each with ``needs`` and ``forward(batch)``.
+            kd_losses: distillation losses (``DistillationLoss``) by name.
             kd_balancer: sets the weights of (some of) ``kd_losses`` from the run (``KD.BALANCE``).
             teacher_precision: the dtype the teacher computes in (autocast unless float32).
             teacher_channels_last: feed the teacher channels_last images (its weights are, see build_teacher).
@@ -64,9 +64,12 @@ class DistillationRCNN(GeneralizedRCNN):
         self.kd_balancer = kd_balancer
         self.teacher_precision = teacher_precision
         self.teacher_channels_last = teacher_channels_last
-        self._needs = {need for loss in kd_losses.values() for need in loss.needs}
-        if self._needs & {"box_features", "predictions"}:
-            self._needs.add("proposals")  # the teacher's box head runs on the student's proposals
+        # Not a submodule either: what the losses read of the two networks, and how.
+        self.probe = RCNNProbe(
+            {type(loss).__name__: loss.needs for loss in kd_losses.values()},
+            {type(loss).__name__: loss.needs for loss in kd_losses.values() if loss.needs_teacher and teacher is not None},
+        )
+        self.probe.check(self, teacher)
         if teacher is not None:
             self._check_teacher_fits()
 
@@ -90,14 +93,13 @@ class DistillationRCNN(GeneralizedRCNN):
                 f"Student and teacher pad images differently (size_divisibility {student_div} vs {teacher_div}); "
                 "their feature maps would not align. Use backbones with the same coarsest stride."
             )
-        if "rpn" in self._needs:  # the teacher's RPN scores the student's anchors
+        if "rpn" in self.probe.teacher_kinds:  # the teacher's RPN scores the student's anchors
             check_same_anchors(self.proposal_generator, self.teacher.proposal_generator)
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return super().forward(batched_inputs)
-        sources = {need: STUDENT_SOURCES[need] for need in self._needs}
-        with Recorder(self, sources) as recorder:
+        with self.probe.recorder(self) as recorder:
             losses = super().forward(batched_inputs)
         batch = DistillationBatch(
             student=recorder.records,
@@ -108,7 +110,7 @@ class DistillationRCNN(GeneralizedRCNN):
         )
         for loss in self.kd_losses.values():
             # A loss may reweight a term of the student's own (Chen et al.: mu * hard + (1 - mu) * soft).
-            for name, scale in getattr(loss, "student_loss_scale", {}).items():
+            for name, scale in loss.student_loss_scale.items():
                 losses[name] = losses[name] * scale
         terms_by_loss = {name: loss(batch) for name, loss in self.kd_losses.items()}
         if self.kd_balancer is not None:
@@ -123,32 +125,17 @@ class DistillationRCNN(GeneralizedRCNN):
     def _teacher_records(self, batched_inputs: List[Dict], student: Dict) -> Dict:
         """The teacher's records in fp32, computed in ``teacher_precision`` (not in the student's
         autocast: an fp32 teacher stays fp32 under SOLVER.AMP)."""
-        if self.teacher is None:
+        if not self.probe.teacher_kinds:
             return {}
-        images = teacher_images(self.teacher, self.input_format, batched_inputs).tensor
+        if self.teacher.input_format != self.input_format:  # RGB <-> BGR
+            batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
+        images = self.teacher.preprocess_image(batched_inputs).tensor  # the teacher's own pixel mean, std and padding
         if self.teacher_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         dtype = self.teacher_precision
         with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            records = self._run_teacher(images, student)
+            records = self.probe.teacher_records(self.teacher, images, student)
         return _to_float32(records)
-
-    def _run_teacher(self, images: torch.Tensor, student: Dict) -> Dict:
-        """Run the teacher only as far as the enabled losses need, on the student's anchors and
-        sampled proposals, so that its outputs line up with the student's."""
-        teacher = self.teacher
-        features = teacher.backbone(images)
-        records = {"features": features}
-        if "rpn" in self._needs:
-            rpn = teacher.proposal_generator
-            records["rpn"] = rpn.rpn_head([features[f] for f in rpn.in_features])
-        if self._needs & {"box_features", "predictions"}:
-            roi_heads = teacher.roi_heads
-            boxes = [p.proposal_boxes for p in student["proposals"]]
-            pooled = roi_heads.box_pooler([features[f] for f in roi_heads.box_in_features], boxes)
-            records["box_features"] = roi_heads.box_head(pooled)
-            records["predictions"] = roi_heads.box_predictor(records["box_features"])
-        return records
 
 
 def _to_float32(records: Any) -> Any:
@@ -157,6 +144,8 @@ def _to_float32(records: Any) -> Any:
         return records.float() if records.is_floating_point() else records
     if isinstance(records, dict):
         return {k: _to_float32(v) for k, v in records.items()}
+    if isinstance(records, tuple) and hasattr(records, "_fields"):  # a named tuple
+        return type(records)(*(_to_float32(v) for v in records))
     if isinstance(records, (list, tuple)):
         return type(records)(_to_float32(v) for v in records)
     return records
