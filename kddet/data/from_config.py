@@ -22,7 +22,14 @@ from detectron2.data import DatasetCatalog
 from .coco import register_coco_checked
 from .voc import register_voc_folder
 
-__all__ = ["DATASET_KEYS", "register_config_datasets"]
+__all__ = ["DATASET_KEYS", "add_register_config", "register_config_datasets"]
+
+
+def add_register_config(cfg: CfgNode) -> None:
+    """``DATASETS.REGISTER``: one node per data set, named as DATASETS.TRAIN/TEST name it. A node per
+    name reads in yaml as the data sets themselves do, where parallel lists would have to be kept
+    in step by hand."""
+    cfg.DATASETS.REGISTER = CfgNode(new_allowed=True)
 
 # Per FORMAT: its required keys, and its optional keys with their defaults.
 DATASET_KEYS: Dict[str, Tuple[Tuple[str, ...], Dict[str, object]]] = {

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
@@ -33,6 +33,12 @@ def ab_loss(student_adapted: torch.Tensor, teacher: torch.Tensor, margin: float 
 class AB(PerLevelFeatureLoss):
     """Activation-boundary transfer on chosen FPN levels (pre-activation maps), the mean over levels."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.MARGIN = 1.0
+        return node
+
     @configurable
     def __init__(self, *, margin: float, **kwargs):
         super().__init__(**kwargs)
@@ -40,7 +46,7 @@ class AB(PerLevelFeatureLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        return dict(super().from_config(cfg, student_shapes, teacher_shapes), margin=cfg.KD.AB.MARGIN)
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), margin=cls.config_node(cfg).MARGIN)
 
     @staticmethod
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:

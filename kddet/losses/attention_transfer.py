@@ -8,7 +8,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from .build import KD_LOSS_REGISTRY
@@ -34,6 +34,12 @@ def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0) -> tor
 class AT(PerLevelFeatureLoss):
     """Attention transfer on chosen FPN levels, the mean over levels; WEIGHT is the paper's beta."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.P = 2.0
+        return node
+
     @configurable
     def __init__(self, *, p: float, **kwargs):
         super().__init__(**kwargs)
@@ -41,7 +47,7 @@ class AT(PerLevelFeatureLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        return dict(super().from_config(cfg, student_shapes, teacher_shapes), p=cfg.KD.AT.P)
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), p=cls.config_node(cfg).P)
 
     def level_loss(self, level: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return at_loss(student, teacher, self.p)

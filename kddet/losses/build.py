@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
@@ -27,9 +28,6 @@ __all__ = [
     "losses_need_teacher",
     "weighted",
 ]
-
-KD_LOSS_REGISTRY = Registry("KD_LOSS")
-KD_LOSS_REGISTRY.__doc__ = """Distillation losses (``DistillationLoss`` subclasses), selected by name in ``cfg.KD.LOSSES``."""
 
 
 @dataclass
@@ -60,12 +58,24 @@ class DistillationLoss(nn.Module):
         needs_teacher: False for a loss that reads the student alone (VirtualTeacher): no teacher
             is built for it.
 
-    ``student_loss_scale`` gives factors for detectron2's own loss terms (Chen et al.'s ``mu *
-    hard loss``), and ``forward(batch)`` returns a dict of weighted terms named ``loss_kd_*``.
+    ``default_config()`` gives the defaults of its node ``KD.<NAME>`` (``add_kddet_config`` adds the
+    node of every registered loss; ``config_node(cfg)`` reads it), ``student_loss_scale`` factors
+    for detectron2's own loss terms (Chen et al.'s ``mu * hard loss``), and ``forward(batch)``
+    returns a dict of weighted terms named ``loss_kd_*``.
     """
 
     needs: ClassVar[Tuple[str, ...]] = ()
     needs_teacher: ClassVar[bool] = True
+
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        """The defaults of the loss's node ``KD.<NAME>``."""
+        return CfgNode()
+
+    @classmethod
+    def config_node(cls, cfg: CfgNode) -> CfgNode:
+        """The loss's node of ``cfg``: ``KD.<NAME>``, its registered name upper-cased."""
+        return cfg.KD[cls.__name__.upper()]
 
     @property
     def student_loss_scale(self) -> Dict[str, float]:
@@ -74,6 +84,17 @@ class DistillationLoss(nn.Module):
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+class _LossRegistry(Registry):
+    def _do_register(self, name: str, obj: Any) -> None:
+        if not (isinstance(obj, type) and issubclass(obj, DistillationLoss)):
+            raise TypeError(f"{name} does not subclass DistillationLoss (kddet/losses/build.py): it cannot be registered as a loss.")
+        super()._do_register(name, obj)
+
+
+KD_LOSS_REGISTRY = _LossRegistry("KD_LOSS")
+KD_LOSS_REGISTRY.__doc__ = """Distillation losses (``DistillationLoss`` subclasses), selected by name in ``cfg.KD.LOSSES``."""
 
 
 def check_feature_names(
@@ -96,16 +117,14 @@ def check_feature_names(
 
 
 def kd_loss_classes(cfg) -> Dict[str, type]:
-    """The classes of the losses named in ``cfg.KD.LOSSES``; an unknown name, or a loss that is no
-    ``DistillationLoss`` or needs an unknown record kind, stops here."""
+    """The classes of the losses named in ``cfg.KD.LOSSES``; an unknown name, or a loss that needs
+    an unknown record kind, stops here."""
     registered = sorted(name for name, _ in KD_LOSS_REGISTRY)
     unknown = [name for name in cfg.KD.LOSSES if name not in registered]
     if unknown:
         raise ValueError(f"Unknown distillation loss(es) {unknown} in KD.LOSSES; registered losses: {registered}")
     classes = {name: KD_LOSS_REGISTRY.get(name) for name in cfg.KD.LOSSES}
     for name, cls in classes.items():
-        if not issubclass(cls, DistillationLoss):
-            raise TypeError(f"The registered loss {name} does not subclass DistillationLoss (kddet/losses/build.py).")
         unknown_kinds = [kind for kind in cls.needs if kind not in RECORD_KINDS]
         if unknown_kinds:
             raise ValueError(

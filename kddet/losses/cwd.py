@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import match_channels
@@ -34,6 +34,12 @@ def cwd_loss(student_adapted: torch.Tensor, teacher: torch.Tensor, tau: float = 
 class CWD(PerLevelFeatureLoss):
     """Channel-wise distillation on chosen FPN levels, the mean over levels."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.TAU = 1.0
+        return node
+
     @configurable
     def __init__(self, *, tau: float, **kwargs):
         super().__init__(**kwargs)
@@ -41,7 +47,7 @@ class CWD(PerLevelFeatureLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        return dict(super().from_config(cfg, student_shapes, teacher_shapes), tau=cfg.KD.CWD.TAU)
+        return dict(super().from_config(cfg, student_shapes, teacher_shapes), tau=cls.config_node(cfg).TAU)
 
     @staticmethod
     def build_adapter(node, student_channels: int, teacher_channels: int) -> nn.Module:

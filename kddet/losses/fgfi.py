@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, pairwise_iou
 
@@ -88,6 +88,19 @@ class FGFI(DistillationLoss):
 
     needs = ("features", "anchors")
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 0.01  # the paper's lambda
+        node.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]  # levels that carry RPN anchors
+        node.ADAPTER = "conv3x3"
+        node.PSI = 0.5  # a box's threshold is PSI * its best anchor IoU
+        node.MAX_IOU_PER_LEVEL = False  # True: the best IoU of each level, not of all levels
+        node.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
+        node.STANDARDIZE_TARGET = False  # as FitNet's STANDARDIZE_TARGET
+        node.FULL_MAP = False  # True: imitate every location, the masks' ablation at equal weight
+        return node
+
     @configurable
     def __init__(
         self,
@@ -126,7 +139,7 @@ class FGFI(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.FGFI
+        node = cls.config_node(cfg)
         check_feature_names("FGFI", node.IN_FEATURES, student_shapes, teacher_shapes)
         anchored = list(cfg.MODEL.RPN.IN_FEATURES)
         unanchored = [f for f in node.IN_FEATURES if f not in anchored]

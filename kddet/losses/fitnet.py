@@ -4,7 +4,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from ..adapters import build_adapter
@@ -26,6 +26,13 @@ class FitNet(PerLevelFeatureLoss):
     ``STANDARDIZE_TARGET`` regresses the teacher's map with each channel standardised (as PKD does),
     so that the target's scale is the same whatever the teacher's FPN outputs."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.ADAPTER = "conv1x1"  # or "conv3x3"
+        node.STANDARDIZE_TARGET = False  # True: regress each teacher channel standardised (PKD's norm)
+        return node
+
     @configurable
     def __init__(self, *, standardize_target: bool, **kwargs):
         super().__init__(**kwargs)
@@ -35,7 +42,7 @@ class FitNet(PerLevelFeatureLoss):
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
         return dict(
             super().from_config(cfg, student_shapes, teacher_shapes),
-            standardize_target=cfg.KD.FITNET.STANDARDIZE_TARGET,
+            standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
         )
 
     @staticmethod

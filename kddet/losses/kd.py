@@ -4,7 +4,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
 
@@ -28,6 +28,13 @@ class KD(DistillationLoss):
 
     needs = ("predictions",)
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 1.0
+        node.TEMPERATURE = 4.0
+        return node
+
     @configurable
     def __init__(self, *, weight: float, temperature: float):
         super().__init__()
@@ -36,7 +43,8 @@ class KD(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        return {"weight": cfg.KD.KD.WEIGHT, "temperature": cfg.KD.KD.TEMPERATURE}
+        node = cls.config_node(cfg)
+        return {"weight": node.WEIGHT, "temperature": node.TEMPERATURE}
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student_scores, teacher_scores = batch.student["predictions"].scores, batch.teacher["predictions"].scores

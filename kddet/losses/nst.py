@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from .build import KD_LOSS_REGISTRY
@@ -69,6 +69,14 @@ def nst_loss(
 class NST(PerLevelFeatureLoss):
     """MMD between the channel distributions of student and teacher, the mean over levels."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.KERNEL = "polynomial"  # or "linear", "gaussian"
+        node.POLY_DEGREE = 2
+        node.POLY_CONSTANT = 0.0
+        return node
+
     @configurable
     def __init__(self, *, kernel: str, degree: int, constant: float, **kwargs):
         super().__init__(**kwargs)
@@ -80,7 +88,7 @@ class NST(PerLevelFeatureLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        node = cfg.KD.NST
+        node = cls.config_node(cfg)
         return dict(
             super().from_config(cfg, student_shapes, teacher_shapes),
             kernel=node.KERNEL, degree=node.POLY_DEGREE, constant=node.POLY_CONSTANT,

@@ -11,7 +11,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.utils import comm
 
@@ -69,6 +69,12 @@ class OFD(PerLevelFeatureLoss):
     """OFD on chosen FPN levels, the mean over levels; the student's transform is a 1x1 conv + BN to
     the teacher's width, and the teacher's per-channel margins learn while training."""
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.MARGIN_MOMENTUM = 0.01
+        return node
+
     @configurable
     def __init__(self, *, margins: Mapping[str, NegativeMeanEstimate], **kwargs):
         super().__init__(**kwargs)
@@ -77,7 +83,7 @@ class OFD(PerLevelFeatureLoss):
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
         args = super().from_config(cfg, student_shapes, teacher_shapes)  # checks the level names first
-        node = cfg.KD.OFD
+        node = cls.config_node(cfg)
         margins = {f: NegativeMeanEstimate(teacher_shapes[f].channels, node.MARGIN_MOMENTUM) for f in node.IN_FEATURES}
         return dict(args, margins=margins)
 

@@ -5,7 +5,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 from torch import nn
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
 from .build import DistillationBatch, DistillationLoss, check_feature_names, weighted
@@ -16,11 +16,18 @@ __all__ = ["PerLevelFeatureLoss"]
 class PerLevelFeatureLoss(DistillationLoss):
     """Subclasses define ``level_loss(level, student_adapted, teacher)`` and, when the student is
     adapted, ``build_adapter(node, student channels, teacher channels)`` (identity otherwise); their
-    config node is ``KD.<class name upper-cased>``, and ``from_config`` may add options of their own
-    to what this one returns. A loss that compares levels jointly (FSP) overrides ``forward`` instead
+    node has WEIGHT and IN_FEATURES, to which ``default_config`` and ``from_config`` may add options
+    of their own. A loss that compares levels jointly (FSP) overrides ``forward`` instead
     of ``level_loss`` and keeps the adapters, weight and levels."""
 
     needs = ("features",)
+
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 1.0
+        node.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        return node
 
     @configurable
     def __init__(self, *, weight: float, in_features: Sequence[str], adapters: Mapping[str, nn.Module]):
@@ -31,9 +38,8 @@ class PerLevelFeatureLoss(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
-        name = cls.__name__
-        node = cfg.KD[name.upper()]
-        check_feature_names(name, node.IN_FEATURES, student_shapes, teacher_shapes)
+        node = cls.config_node(cfg)
+        check_feature_names(cls.__name__, node.IN_FEATURES, student_shapes, teacher_shapes)
         return {
             "weight": node.WEIGHT,
             "in_features": node.IN_FEATURES,

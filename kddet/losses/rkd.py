@@ -5,7 +5,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 from .heads import mean_over_images
@@ -58,6 +58,14 @@ class RKD(DistillationLoss):
 
     needs = ("box_features", "proposals")
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.DISTANCE_WEIGHT = 1.0  # the official code's dist_ratio / angle_ratio
+        node.ANGLE_WEIGHT = 2.0
+        node.ANGLE_MAX_ROIS = 128  # the angle term is cubic in the RoIs of an image
+        return node
+
     @configurable
     def __init__(self, *, distance_weight: float, angle_weight: float, angle_max_rois: int):
         super().__init__()
@@ -67,7 +75,7 @@ class RKD(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD.RKD
+        node = cls.config_node(cfg)
         return {
             "distance_weight": node.DISTANCE_WEIGHT,
             "angle_weight": node.ANGLE_WEIGHT,

@@ -4,7 +4,7 @@ from typing import Callable, Dict
 
 import torch
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 
 from .build import DistillationBatch, DistillationLoss, weighted
 from .heads import mean_over_images
@@ -14,11 +14,16 @@ __all__ = ["RoIRelationLoss"]
 
 class RoIRelationLoss(DistillationLoss):
     """A relation loss between student and teacher box-head features of the same RoIs, per image:
-    subclasses set ``relation_loss(student, teacher)``; their node is ``KD.<class name upper-cased>``
-    with a ``WEIGHT``."""
+    subclasses set ``relation_loss(student, teacher)``; their node has a ``WEIGHT``."""
 
     needs = ("box_features", "proposals")
     relation_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 1.0
+        return node
 
     @configurable
     def __init__(self, *, weight: float):
@@ -27,7 +32,7 @@ class RoIRelationLoss(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes) -> Dict[str, float]:
-        return {"weight": cfg.KD[cls.__name__.upper()].WEIGHT}
+        return {"weight": cls.config_node(cfg).WEIGHT}
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         loss = mean_over_images(

@@ -7,7 +7,7 @@ from typing import Dict
 
 import torch
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
@@ -24,6 +24,13 @@ class RPNBoundedReg(DistillationLoss):
 
     needs = ("anchors", "rpn", "rpn_labels")
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 0.5  # nu
+        node.MARGIN = 0.0  # m: zero where the student beats the teacher by more
+        return node
+
     @configurable
     def __init__(self, *, weight: float, margin: float, box2box_transform: Box2BoxTransform):
         super().__init__()
@@ -33,7 +40,7 @@ class RPNBoundedReg(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD.RPNBOUNDEDREG
+        node = cls.config_node(cfg)
         return {
             "weight": node.WEIGHT,
             "margin": node.MARGIN,

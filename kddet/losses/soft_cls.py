@@ -5,7 +5,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 
 from .build import DistillationLoss, weighted
 from .heads import class_weights
@@ -33,6 +33,14 @@ class SoftClassification(DistillationLoss):
     hard_loss: str
     loss_name: str
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.MU = 0.5
+        node.TEMPERATURE = 1.0
+        node.BACKGROUND_WEIGHT = 1.5  # w_bg; object classes weigh 1
+        return node
+
     @configurable
     def __init__(self, *, mu: float, temperature: float, background_weight: float):
         super().__init__()
@@ -46,7 +54,7 @@ class SoftClassification(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD[cls.__name__.upper()]
+        node = cls.config_node(cfg)
         return {"mu": node.MU, "temperature": node.TEMPERATURE, "background_weight": node.BACKGROUND_WEIGHT}
 
     def soft_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> Dict[str, torch.Tensor]:

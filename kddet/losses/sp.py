@@ -3,6 +3,8 @@ the student's sampled proposals."""
 import torch
 import torch.nn.functional as F
 
+from detectron2.config import CfgNode
+
 from .build import KD_LOSS_REGISTRY
 from .roi_relation import RoIRelationLoss
 
@@ -26,3 +28,9 @@ class SP(RoIRelationLoss):
     """SP between student and teacher box-head features of the same RoIs, per image."""
 
     relation_loss = staticmethod(sp_loss)
+
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 3000.0  # Tung & Mori's gamma
+        return node

@@ -4,7 +4,7 @@ from typing import Dict
 
 import torch
 
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import cat
 
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
@@ -30,6 +30,14 @@ class VirtualTeacher(DistillationLoss):
     needs = ("predictions", "proposals")
     needs_teacher = False
 
+    @classmethod
+    def default_config(cls) -> CfgNode:
+        node = super().default_config()
+        node.WEIGHT = 1.0
+        node.TEMPERATURE = 1.0
+        node.CORRECT_PROB = 0.9
+        return node
+
     @configurable
     def __init__(self, *, weight: float, temperature: float, correct_prob: float):
         super().__init__()
@@ -39,7 +47,7 @@ class VirtualTeacher(DistillationLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes, teacher_shapes):
-        node = cfg.KD.VIRTUALTEACHER
+        node = cls.config_node(cfg)
         return {"weight": node.WEIGHT, "temperature": node.TEMPERATURE, "correct_prob": node.CORRECT_PROB}
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:

@@ -4,13 +4,21 @@ detectron2's R18/R34 fix the widths at 64..512 and the depths at (2,2,2,2)/(3,4,
 embedded data set needs teachers and students small enough to train on a laptop CPU, with a
 clear capacity gap between them. Built from detectron2's own stem, blocks and FPN.
 """
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem
 
-__all__ = ["build_slim_resnet_fpn_backbone"]
+__all__ = ["add_slim_resnet_config", "build_slim_resnet_fpn_backbone"]
+
+
+def add_slim_resnet_config(cfg: CfgNode) -> None:
+    """``MODEL.SLIM_RESNET``: the stage widths and depths of the backbone below."""
+    cfg.MODEL.SLIM_RESNET = CfgNode()
+    cfg.MODEL.SLIM_RESNET.STAGE_CHANNELS = [64, 128, 256, 512]
+    cfg.MODEL.SLIM_RESNET.BLOCKS_PER_STAGE = [2, 2, 2, 2]
 
 
 @BACKBONE_REGISTRY.register()
