@@ -54,14 +54,15 @@ def teacher_weights(tmp_path_factory) -> Path:
 
 
 def run_train_net(
-    *args, datasets_root: Path, timeout: int = 600, returncode: int = 0, script: Path = REPO / "tools/train_net.py"
+    *args, datasets_root: Path, timeout: int = 600, returncode: int = 0, script: Path = REPO / "tools/train_net.py",
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run tools/train_net.py (or a launcher ``script`` that runs it) in a subprocess from the
-    repository root; fail with its output unless it exits with ``returncode``."""
+    """Run tools/train_net.py (or a launcher ``script`` that runs it) in a subprocess from ``cwd``,
+    the repository root unless given; fail with its output unless it exits with ``returncode``."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
         [sys.executable, str(script), *map(str, args)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
     output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert proc.returncode == returncode, f"train_net exited with {proc.returncode}:\n{output}"

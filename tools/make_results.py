@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/shapes"
 TEACHER_CONFIG = CONFIGS / "teacher_slim_r18.yaml"
 STUDENT_CONFIG = CONFIGS / "student_slim_r8.yaml"
-NOT_RECIPES = {"Base-Shapes", "teacher_slim_r18", "student_slim_r8"}
+NOT_RECIPES = {"Base-Shapes", "Base-Distill", "teacher_slim_r18", "student_slim_r8"}
 # The (teacher, students) fractions of their configs' own schedules (2400 and 300 iterations). Every
 # student of a table learns from the same teacher. "demo" is what tools/demo.py trains: the same
 # students from a teacher of 400 iterations, so that all three fit in ten minutes.
