@@ -588,7 +588,7 @@ def test_recipe_trains_two_iterations(recipe, teacher_weights, datasets_root, tm
         datasets_root=datasets_root,
     )  # fmt: skip
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
-    # One finite term per loss (head losses name theirs otherwise: loss_kd_rpn_soft_cls, ...).
+    # One finite term per loss, loss_kd_<name>.
     terms = {key: value for key, value in metrics[-1].items() if key.startswith("loss_kd_")}
     assert len(terms) == len(load_config(config).KD.LOSSES) and all(map(math.isfinite, terms.values())), terms
 

@@ -302,7 +302,7 @@ def test_rpn_soft_cls_on_the_sampled_anchors():
         two = lambda z: [z, torch.zeros_like(z)]  # noqa: E731  (sigmoid(z) = softmax(z, 0)[0])
         return 0.75 * slow_weighted_soft_ce([two(z) for z in s], [two(z) for z in t], [1.0, 1.5], 2.0)
 
-    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rpn_soft_cls"], slow, student[0] + student[1])
+    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rpnsoftcls"], slow, student[0] + student[1])
 
 
 def test_rpn_soft_cls_two_columns_are_the_sigmoid():
@@ -334,7 +334,7 @@ def test_rpn_bounded_reg_on_the_foreground_anchors():
                     terms.append(slow_bounded_l2(s[None], t[None], y, 0.1)[0])
         return 0.5 * sum(terms) / sampled
 
-    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rpn_bounded_reg"], slow, student[1], atol=1e-6)
+    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rpnboundedreg"], slow, student[1], atol=1e-6)
 
 
 def sampled_proposals(gt_classes_per_image, with_gt=True):
@@ -386,7 +386,7 @@ def test_rcn_bounded_reg_picks_the_gt_class_deltas(student_box_dim):
                 terms.append(slow_bounded_l2(s, t, y, 0.0)[0])
         return 0.5 * sum(terms) / len(classes)
 
-    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rcn_bounded_reg"], slow, [student_deltas], atol=1e-6)
+    assert_same_value_and_grads(lambda *_: loss(batch)["loss_kd_rcnboundedreg"], slow, [student_deltas], atol=1e-6)
 
 
 def test_rcn_soft_cls_and_kd_on_the_sampled_proposals():
@@ -397,7 +397,7 @@ def test_rcn_soft_cls_and_kd_on_the_sampled_proposals():
     assert soft.student_loss_scale == {"loss_cls": 0.5}
     weights = [1.0] * NUM_CLASSES + [1.5]
     assert_same_value_and_grads(
-        lambda s: soft(batch)["loss_kd_rcn_soft_cls"],
+        lambda s: soft(batch)["loss_kd_rcnsoftcls"],
         lambda s: 0.5 * slow_weighted_soft_ce(s, teacher_scores, weights, 2.0),
         [scores],
     )
@@ -423,7 +423,7 @@ def test_virtual_teacher_uses_the_labels_only():
         probs = [[0.9 if c == label else 0.1 / NUM_CLASSES for c in range(NUM_CLASSES + 1)] for label in labels]
         return slow_kd(s, torch.tensor(probs, dtype=torch.float64), 2.0)
 
-    assert_same_value_and_grads(lambda s: loss(batch)["loss_kd_virtual_teacher"], slow, [scores])
+    assert_same_value_and_grads(lambda s: loss(batch)["loss_kd_virtualteacher"], slow, [scores])
 
 
 @pytest.mark.parametrize(
@@ -469,7 +469,7 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
     outputs.update(VirtualTeacher(weight=1.0, temperature=1.0, correct_prob=0.9)(batch))
     for name, value in outputs.items():
         assert torch.isfinite(value), name
-    for name in ("loss_kd_rcn_bounded_reg", "loss_kd_pkt", "loss_kd_sp", "loss_kd_rkd_distance", "loss_kd_rkd_angle"):
+    for name in ("loss_kd_rcnboundedreg", "loss_kd_pkt", "loss_kd_sp", "loss_kd_rkd_distance", "loss_kd_rkd_angle"):
         assert outputs[name] == 0, name
     sum(outputs.values()).backward()
     assert torch.isfinite(batch.student["predictions"][0].grad).all()
@@ -483,8 +483,8 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
     )
     bounded = RPNBoundedReg(weight=0.5, margin=0.0, box2box_transform=Box2BoxTransform(BOX_WEIGHTS))(rpn_batch)
     soft = RPNSoftCls(mu=0.5, temperature=1.0, background_weight=1.5)(rpn_batch)
-    assert bounded["loss_kd_rpn_bounded_reg"] == 0 and torch.isfinite(soft["loss_kd_rpn_soft_cls"])
-    (bounded["loss_kd_rpn_bounded_reg"] + soft["loss_kd_rpn_soft_cls"]).backward()
+    assert bounded["loss_kd_rpnboundedreg"] == 0 and torch.isfinite(soft["loss_kd_rpnsoftcls"])
+    (bounded["loss_kd_rpnboundedreg"] + soft["loss_kd_rpnsoftcls"]).backward()
 
 
 # ---- inside DistillationRCNN ---------------------------------------------------------------------
@@ -585,8 +585,8 @@ def test_every_kd_term_reaches_the_student_and_nothing_reaches_the_teacher(one_s
     _, model, _, _, losses = one_step
     kd_terms = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
     assert set(kd_terms) == {
-        "loss_kd_fitnet", "loss_kd_rpn_soft_cls", "loss_kd_rcn_soft_cls", "loss_kd_rpn_bounded_reg",
-        "loss_kd_rcn_bounded_reg", "loss_kd_kd", "loss_kd_pkt", "loss_kd_sp",
+        "loss_kd_fitnet", "loss_kd_rpnsoftcls", "loss_kd_rcnsoftcls", "loss_kd_rpnboundedreg",
+        "loss_kd_rcnboundedreg", "loss_kd_kd", "loss_kd_pkt", "loss_kd_sp",
         "loss_kd_rkd_distance", "loss_kd_rkd_angle",
     }
     params = [p for p in model.parameters() if p.requires_grad]
@@ -660,12 +660,12 @@ def test_chen2017_recipe_trains_end_to_end(teacher_weights, datasets_root, tmp_p
     metrics = train_two_steps(
         "configs/shapes/chen2017.yaml", tmp_path, datasets_root, "KD.TEACHER.WEIGHTS", teacher_weights
     )
-    for name in ("fitnet", "rpn_soft_cls", "rcn_soft_cls", "rpn_bounded_reg", "rcn_bounded_reg"):
+    for name in ("fitnet", "rpnsoftcls", "rcnsoftcls", "rpnboundedreg", "rcnboundedreg"):
         assert math.isfinite(metrics[f"loss_kd_{name}"]), name
-    assert metrics["loss_kd_rpn_soft_cls"] > 0 and metrics["loss_kd_rcn_soft_cls"] > 0
+    assert metrics["loss_kd_rpnsoftcls"] > 0 and metrics["loss_kd_rcnsoftcls"] > 0
 
 
 @pytest.mark.slow
 def test_virtual_teacher_recipe_trains_without_a_teacher(datasets_root, tmp_path):
     metrics = train_two_steps("configs/shapes/virtual_teacher.yaml", tmp_path, datasets_root)
-    assert math.isfinite(metrics["loss_kd_virtual_teacher"]) and metrics["loss_kd_virtual_teacher"] > 0
+    assert math.isfinite(metrics["loss_kd_virtualteacher"]) and metrics["loss_kd_virtualteacher"] > 0

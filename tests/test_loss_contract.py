@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from detectron2.layers import ShapeSpec
+
 from conftest import STUDENT_CONFIG, TEACHER_CONFIG, load_config
 from kddet.engine import Trainer
-from kddet.losses import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, kd_loss_classes
+from kddet.losses import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, build_kd_losses, kd_loss_classes
 from kddet.losses.per_level import PerLevelFeatureLoss
-from test_feature_losses import LEVELS, build_loss, make_batch
+from test_feature_losses import LEVELS, STRIDES, build_loss, make_batch
 from test_head_losses import NUM_CLASSES, rcn_batch, rpn_records, sampled_proposals
 from test_mixed_precision import float_tensors, map_tensors, realistic_batch, scaled
 
@@ -71,6 +73,19 @@ def test_every_registered_loss_keeps_the_contract(name):
     assert issubclass(cls, DistillationLoss) and cls.needs and isinstance(cls.needs_teacher, bool)
     node = cls.default_config()
     assert load_config(STUDENT_CONFIG).KD[name.upper()] == node  # add_kddet_config adds it as the loss gives it
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_one_name_spells_the_node_the_checkpoint_keys_and_the_metrics(name):
+    loss, batch = loss_and_batch(name)
+    cfg = load_config(STUDENT_CONFIG, "KD.LOSSES", [name])
+    assert type(loss).config_node(cfg) is cfg.KD[name.upper()]
+    shapes = {f: ShapeSpec(channels=4, stride=s) for f, s in zip(LEVELS, STRIDES)}
+    built = build_kd_losses(cfg, shapes, shapes)
+    assert list(built) == [name.lower()] and all(key.startswith(f"{name.lower()}.") for key in built.state_dict())
+    torch.manual_seed(1)
+    terms = loss(batch)
+    assert all(key == f"loss_kd_{name.lower()}" or key.startswith(f"loss_kd_{name.lower()}_") for key in terms), terms
 
 
 def test_a_loss_that_needs_an_unknown_record_kind_stops_at_build():

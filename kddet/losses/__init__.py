@@ -7,7 +7,6 @@ from .build import (
     check_feature_names,
     kd_loss_classes,
     losses_need_teacher,
-    weighted,
 )
 from .fitnet import FitNet
 from .fgfi import FGFI

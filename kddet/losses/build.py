@@ -1,8 +1,9 @@
 """The registry of distillation losses, the contract every loss fulfils, and what it receives.
 
 A loss subclasses ``DistillationLoss``, which declares what the meta-architecture reads of it, and is
-registered in ``KD_LOSS_REGISTRY`` under its class name, the name ``KD.LOSSES`` selects it by. It is
-built from its node ``cfg.KD.<NAME>`` (the name upper-cased) through ``@configurable``
+registered in ``KD_LOSS_REGISTRY`` under its class name: its one name, which ``KD.LOSSES`` selects it
+by, its node ``KD.<NAME>`` spells upper-cased, and its checkpoint keys ``kd_losses.<name>.*`` and
+metrics ``loss_kd_<name>*`` lower-cased. It is built from its node through ``@configurable``
 ``from_config(cls, cfg, student_shapes, teacher_shapes)``.
 """
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ __all__ = [
     "check_feature_names",
     "kd_loss_classes",
     "losses_need_teacher",
-    "weighted",
 ]
 
 
@@ -85,6 +85,16 @@ class DistillationLoss(nn.Module):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @classmethod
+    def term_name(cls, part: str = "") -> str:
+        """The metric name of the loss's term, ``loss_kd_<name>``, or ``loss_kd_<name>_<part>`` for one of
+        several (RKD's distance and angle): the one name, lower-cased as in the checkpoint."""
+        return f"loss_kd_{cls.__name__.lower()}" + (f"_{part}" if part else "")
+
+    def weighted(self, weight: float, value: torch.Tensor, part: str = "") -> Dict[str, torch.Tensor]:
+        """The one-term dict a loss returns: ``{term_name(part): weight * value}``."""
+        return {self.term_name(part): weight * value}
+
 
 class _LossRegistry(Registry):
     def _do_register(self, name: str, obj: Any) -> None:
@@ -142,12 +152,8 @@ def losses_need_teacher(cfg) -> bool:
 def build_kd_losses(
     cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]
 ) -> nn.ModuleDict:
-    """Build every loss in ``cfg.KD.LOSSES``, keyed by lower-case name."""
+    """Build every loss in ``cfg.KD.LOSSES``, keyed by its name lower-cased (its checkpoint keys are
+    ``kd_losses.<name>.*``, its metrics ``loss_kd_<name>*``)."""
     return nn.ModuleDict(
         {name.lower(): cls(cfg, student_shapes, teacher_shapes) for name, cls in kd_loss_classes(cfg).items()}
     )
-
-
-def weighted(name: str, weight: float, value: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """The one-term dict a loss returns: ``{"loss_kd_<name>": weight * value}``."""
-    return {f"loss_kd_{name}": weight * value}

@@ -15,7 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, pairwise_iou
 
 from ..adapters import build_adapter
-from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
 from .pkd import standardise_channels
 
 __all__ = ["FGFI", "fgfi_loss", "imitation_masks"]
@@ -183,4 +183,4 @@ class FGFI(DistillationLoss):
         loss = fgfi_loss([self.adapters[f](student[f].float()) for f in self.in_features], targets, self.masks(batch))
         # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
         in_warmup = batch.iteration < self.warmup_iters
-        return weighted("fgfi", 0.0 if in_warmup else self.weight, loss)
+        return self.weighted(0.0 if in_warmup else self.weight, loss)

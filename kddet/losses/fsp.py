@@ -15,7 +15,7 @@ from torch import nn
 from detectron2.config import configurable
 
 from ..adapters import match_channels
-from .build import KD_LOSS_REGISTRY, DistillationBatch, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch
 from .per_level import PerLevelFeatureLoss
 
 __all__ = ["FSP", "fsp_loss", "fsp_matrix"]
@@ -63,4 +63,4 @@ class FSP(PerLevelFeatureLoss):
         loss = fsp_loss(
             [self.adapters[f](student[f].float()) for f in self.in_features], [teacher[f] for f in self.in_features]
         )
-        return weighted("fsp", self.weight, loss)
+        return self.weighted(self.weight, loss)

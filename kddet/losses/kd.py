@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from detectron2.config import CfgNode, configurable
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 
 __all__ = ["KD", "soft_target_kl"]
 
@@ -49,4 +49,4 @@ class KD(DistillationLoss):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student_scores, teacher_scores = batch.student["predictions"].scores, batch.teacher["predictions"].scores
         teacher_probs = F.softmax(teacher_scores.float() / self.temperature, dim=1)
-        return weighted("kd", self.weight, soft_target_kl(student_scores, teacher_probs, self.temperature))
+        return self.weighted(self.weight, soft_target_kl(student_scores, teacher_probs, self.temperature))

@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
-from .build import DistillationBatch, DistillationLoss, check_feature_names, weighted
+from .build import DistillationBatch, DistillationLoss, check_feature_names
 
 __all__ = ["PerLevelFeatureLoss"]
 
@@ -59,4 +59,4 @@ class PerLevelFeatureLoss(DistillationLoss):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
         per_level = [self.level_loss(f, self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
-        return weighted(type(self).__name__.lower(), self.weight, torch.stack(per_level).mean())
+        return self.weighted(self.weight, torch.stack(per_level).mean())

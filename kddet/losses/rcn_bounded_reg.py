@@ -6,7 +6,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 from .heads import gt_class_deltas, rcn_foreground
 
 __all__ = ["RCNBoundedReg", "teacher_bounded_l2"]
@@ -65,4 +65,4 @@ class RCNBoundedReg(DistillationLoss):
             self.margin,
         )
         num_sampled = max(sum(len(p) for p in proposals), 1)
-        return weighted("rcn_bounded_reg", self.weight, bounded.sum() / num_sampled)
+        return self.weighted(self.weight, bounded.sum() / num_sampled)

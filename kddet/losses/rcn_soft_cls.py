@@ -15,7 +15,6 @@ class RCNSoftCls(SoftClassification):
 
     needs = ("predictions",)
     hard_loss = "loss_cls"
-    loss_name = "rcn_soft_cls"
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         return self.soft_term(batch.student["predictions"].scores, batch.teacher["predictions"].scores)

@@ -89,6 +89,6 @@ class RKD(DistillationLoss):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         rows = (batch.student["box_features"], batch.teacher["box_features"], batch.student["proposals"])
         return {
-            "loss_kd_rkd_distance": self.distance_weight * mean_over_images(rkd_distance_loss, *rows),
-            "loss_kd_rkd_angle": self.angle_weight * mean_over_images(self._subsampled_angle_loss, *rows),
+            **self.weighted(self.distance_weight, mean_over_images(rkd_distance_loss, *rows), "distance"),
+            **self.weighted(self.angle_weight, mean_over_images(self._subsampled_angle_loss, *rows), "angle"),
         }

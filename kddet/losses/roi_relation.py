@@ -6,7 +6,7 @@ import torch
 
 from detectron2.config import CfgNode, configurable
 
-from .build import DistillationBatch, DistillationLoss, weighted
+from .build import DistillationBatch, DistillationLoss
 from .heads import mean_over_images
 
 __all__ = ["RoIRelationLoss"]
@@ -38,4 +38,4 @@ class RoIRelationLoss(DistillationLoss):
         loss = mean_over_images(
             self.relation_loss, batch.student["box_features"], batch.teacher["box_features"], batch.student["proposals"]
         )
-        return weighted(type(self).__name__.lower(), self.weight, loss)
+        return self.weighted(self.weight, loss)

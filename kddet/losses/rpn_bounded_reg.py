@@ -10,7 +10,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 from .heads import rpn_regression_targets, rpn_rows
 from .rcn_bounded_reg import teacher_bounded_l2
 
@@ -58,4 +58,4 @@ class RPNBoundedReg(DistillationLoss):
             student_deltas[foreground], teacher_deltas[foreground], targets[foreground], self.margin
         )
         num_sampled = (labels >= 0).sum().clamp(min=1)
-        return weighted("rpn_bounded_reg", self.weight, bounded.sum() / num_sampled)
+        return self.weighted(self.weight, bounded.sum() / num_sampled)

@@ -30,7 +30,6 @@ class RPNSoftCls(SoftClassification):
 
     needs = ("rpn", "rpn_labels")
     hard_loss = "loss_rpn_cls"
-    loss_name = "rpn_soft_cls"
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student_logits, _ = rpn_rows(batch.student["rpn"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from detectron2.config import CfgNode, configurable
 
-from .build import DistillationLoss, weighted
+from .build import DistillationLoss
 from .heads import class_weights
 
 __all__ = ["SoftClassification", "weighted_soft_cross_entropy"]
@@ -27,11 +27,10 @@ def weighted_soft_cross_entropy(
 
 class SoftClassification(DistillationLoss):
     """``L_cls = mu * L_hard + (1 - mu) * L_soft`` (Chen et al. 2017): detectron2's ``hard_loss``
-    scaled by ``mu``, and the soft term ``loss_kd_<loss_name>`` weighted by ``1 - mu``. Subclasses
+    scaled by ``mu``, and the soft term ``loss_kd_<name>`` weighted by ``1 - mu``. Subclasses
     pick the rows; their node ``KD.<class name upper-cased>`` has MU, TEMPERATURE, BACKGROUND_WEIGHT."""
 
     hard_loss: str
-    loss_name: str
 
     @classmethod
     def default_config(cls) -> CfgNode:
@@ -60,4 +59,4 @@ class SoftClassification(DistillationLoss):
     def soft_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
         weights = class_weights(student_logits.shape[1], self.background_weight, student_logits.device)
         soft = weighted_soft_cross_entropy(student_logits, teacher_logits, weights, self.temperature)
-        return weighted(self.loss_name, 1.0 - self.mu, soft)
+        return self.weighted(1.0 - self.mu, soft)

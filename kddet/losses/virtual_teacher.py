@@ -7,7 +7,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import cat
 
-from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, weighted
+from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss
 from .kd import soft_target_kl
 
 __all__ = ["VirtualTeacher", "virtual_teacher_probs"]
@@ -54,4 +54,4 @@ class VirtualTeacher(DistillationLoss):
         scores = batch.student["predictions"].scores
         labels = cat([p.gt_classes for p in batch.student["proposals"]])
         probs = virtual_teacher_probs(labels, scores.shape[1], self.correct_prob)
-        return weighted("virtual_teacher", self.weight, soft_target_kl(scores, probs, self.temperature))
+        return self.weighted(self.weight, soft_target_kl(scores, probs, self.temperature))
