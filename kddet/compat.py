@@ -1,8 +1,9 @@
 """Shims that let the Python-only detectron2 0.6 build run on today's numpy, Pillow and setuptools.
 
 Everything here is inert when detectron2 was built with its C++ extension (a git install):
-such a build is recent enough not to need any of it. Import this module before any
-``detectron2.layers`` / ``detectron2.data`` import; ``import kddet`` does.
+such a build is recent enough not to need any of it. ``apply_shims()`` must run before any
+``detectron2.layers`` / ``detectron2.data`` import: ``kddet.setup()``, which tools and tests call
+first, runs it, and so does ``import kddet`` (kddet's modules import detectron2's).
 """
 import importlib.util
 import sys
@@ -11,7 +12,7 @@ import types
 import numpy as np
 from PIL import Image
 
-__all__ = ["HAS_DETECTRON2_C"]
+__all__ = ["HAS_DETECTRON2_C", "apply_shims"]
 
 HAS_DETECTRON2_C: bool = importlib.util.find_spec("detectron2._C") is not None
 
@@ -44,8 +45,9 @@ def _install_pkg_resources() -> None:
     sys.modules["pkg_resources"] = module
 
 
-def _apply(has_extension: bool = HAS_DETECTRON2_C) -> None:
-    """Install the shims, unless detectron2 has its compiled extension (``has_extension``)."""
+def apply_shims(has_extension: bool = HAS_DETECTRON2_C) -> None:
+    """Install the shims, unless detectron2 has its compiled extension (``has_extension``); a second
+    call changes nothing."""
     if has_extension:
         return
     import detectron2
@@ -64,6 +66,3 @@ def _apply(has_extension: bool = HAS_DETECTRON2_C) -> None:
         Image.LINEAR = Image.BILINEAR
     if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
         _install_pkg_resources()
-
-
-_apply()

@@ -13,7 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import kddet  # noqa: F401  (shims and registrations first)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 

@@ -11,7 +11,9 @@ import sys
 
 import torch
 
-import kddet  # noqa: F401  (shims first)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances

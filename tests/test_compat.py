@@ -1,5 +1,6 @@
 """kddet.compat: the Python-only detectron2 build runs on today's numpy/Pillow, says how to get
 the compiled kernels when one is called, and the shims stay out of the way of a full build."""
+import subprocess
 import sys
 
 import numpy as np
@@ -57,7 +58,7 @@ def _remove_shims(monkeypatch):
 
 def test_apply_is_inert_when_detectron2_has_its_extension(monkeypatch):
     _remove_shims(monkeypatch)
-    compat._apply(has_extension=True)
+    compat.apply_shims(has_extension=True)
     assert "detectron2._C" not in sys.modules
     assert not hasattr(detectron2, "_C")
     assert not any(alias in np.__dict__ for alias in ("int", "float", "str", "object"))
@@ -66,7 +67,7 @@ def test_apply_is_inert_when_detectron2_has_its_extension(monkeypatch):
 
 def test_apply_installs_every_shim_without_the_extension(monkeypatch):
     _remove_shims(monkeypatch)
-    compat._apply(has_extension=False)
+    compat.apply_shims(has_extension=False)
     assert isinstance(sys.modules["detectron2._C"], compat._MissingExtensionModule)
     assert detectron2._C is sys.modules["detectron2._C"]
     assert all(np.__dict__[alias] is ALIASES[alias] for alias in ("int", "float", "str", "object"))
@@ -81,3 +82,15 @@ def test_pkg_resources_stand_in_finds_model_zoo_files(monkeypatch):
         "detectron2.model_zoo", "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
     )
     assert open(path).read().startswith("_BASE_")
+
+
+def test_importing_kddet_registers_no_data_set_and_setup_registers_kddets():
+    code = (
+        "import kddet\n"
+        "from detectron2.data import DatasetCatalog\n"
+        "assert 'kddet_shapes_train' not in DatasetCatalog.list()\n"
+        "kddet.setup()\n"
+        "kddet.setup()  # a second call changes nothing\n"
+        "assert {'kddet_shapes_train', 'kddet_shapes_val'} <= set(DatasetCatalog.list())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kddet  # noqa: F401  (shims and registrations first)
+import kddet  # noqa: F401  (shims first; conftest ran kddet.setup())
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator

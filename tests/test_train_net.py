@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-import kddet  # noqa: F401  (shims and registrations first)
+import kddet  # noqa: F401  (shims first; conftest ran kddet.setup())
 from detectron2.checkpoint import DetectionCheckpointer
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, run_train_net, write_voc_image, write_voc_split

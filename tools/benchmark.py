@@ -29,7 +29,11 @@ from pathlib import Path
 
 import torch
 
-from kddet import load_config  # compat shims and registrations come first, in every child too
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules (in every child too)
+
+from kddet import load_config
 from kddet.complexity import params_and_flops
 from kddet.teacher import teacher_dtype
 

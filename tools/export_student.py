@@ -22,7 +22,9 @@ from typing import Dict, Optional
 
 import torch
 
-import kddet  # noqa: F401  (compat shims and kddet's backbones before detectron2's modules)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import BACKBONE_REGISTRY
 

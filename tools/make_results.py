@@ -34,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 from detectron2.config import get_cfg
 
 from kddet import add_kddet_config, load_config

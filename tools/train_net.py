@@ -9,7 +9,9 @@
 """
 import sys
 
-import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch

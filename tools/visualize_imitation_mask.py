@@ -9,7 +9,9 @@ per anchored level (the image, its GT boxes, and the locations FGFI imitates sha
 The masks come from the student config's backbone and anchor generator and its KD.FGFI options;
 no teacher and no weights are needed. Images are resized as at test time, without flips.
 """
-import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
+import kddet
+
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 
 import argparse
 import math
