@@ -64,7 +64,7 @@ class DistillationRCNN(GeneralizedRCNN):
         self.kd_balancer = kd_balancer
         self.teacher_precision = teacher_precision
         self.teacher_channels_last = teacher_channels_last
-        # Not a submodule either: what the losses read of the two networks, and how.
+        # Which records the losses read of each network; both are checked to have them now, not at the first step.
         self.probe = RCNNProbe(
             {type(loss).__name__: loss.needs for loss in kd_losses.values()},
             {type(loss).__name__: loss.needs for loss in kd_losses.values() if loss.needs_teacher and teacher is not None},
