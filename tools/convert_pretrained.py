@@ -28,7 +28,9 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 import torch
 import torchvision
 
-import kddet  # noqa: F401  (compat shims and registrations come before detectron2's modules)
+import kddet
+
+kddet.setup()  # compat shims, before detectron2's modules
 from kddet.modeling.mobilenet_v2 import STAGE_BLOCKS
 
 PREFIX = "backbone.bottom_up."
