@@ -23,4 +23,4 @@ results-cpu-short: setup
 ablations: setup
 	$(PY) tools/ablate.py variance --seeds 1 2 3 4 5
 	$(PY) tools/ablate.py fitnet fgfi balance fast_teacher fast_teacher_nst
-	$(PY) tools/ablate.py pretrained --seeds 1 2 3 4 5
+	$(PY) tools/ablate.py pretrained
