@@ -35,6 +35,7 @@ kddet.setup()  # compat shims and kddet's data set, before detectron2's modules 
 
 from kddet import load_config
 from kddet.complexity import params_and_flops
+from kddet.modeling.frozen_bn import measure_frozen_bn_statistics
 from kddet.teacher import teacher_dtype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def measure_training(config: str, opts, batches_file: str, warmup: int, repeats:
     model = Trainer.build_model(cfg).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     batches = torch.load(batches_file, weights_only=False)
+    measure_frozen_bn_statistics(model, batches[0])  # random weights that do not diverge (the teacher's are in its file)
     device = cfg.MODEL.DEVICE
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -90,6 +92,7 @@ def measure_teacher_forward(config: str, opts, batches_file: str, warmup: int, r
     cfg = load_config(config, opts)
     model = build_model(cfg).eval()
     batches = torch.load(batches_file, weights_only=False)
+    measure_frozen_bn_statistics(model, batches[0])
     device = cfg.MODEL.DEVICE
     times = []
     with torch.no_grad(), torch.autocast(device.split(":")[0], enabled=amp):
@@ -111,11 +114,12 @@ def measure_teacher_backbone(config: str, opts, batches_file: str, warmup: int, 
 
     cfg = load_config(config, opts)
     model = build_model(cfg).eval()
+    batches = torch.load(batches_file, weights_only=False)
+    measure_frozen_bn_statistics(model, batches[0])
     memory_format = torch.channels_last if cfg.KD.TEACHER.CHANNELS_LAST else torch.contiguous_format
     model.to(memory_format=memory_format)
     dtype = teacher_dtype(cfg)
     with torch.no_grad():
-        batches = torch.load(batches_file, weights_only=False)
         images = [model.preprocess_image(batch).tensor.contiguous(memory_format=memory_format) for batch in batches]
     device = cfg.MODEL.DEVICE
     times = []
@@ -187,9 +191,8 @@ def main() -> None:
     student_cfg = load_config(args.student, common)
     teacher_config = load_config(args.recipes[0], common).KD.TEACHER.CONFIG_FILE
     with tempfile.TemporaryDirectory() as tmp:
-        # Timing does not depend on the weights' values: a freshly built teacher stands in.
-        teacher = build_model(load_config(teacher_config, common))
-        DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
+        # Timing does not depend on the weights' values: a freshly built teacher stands in, its frozen
+        # BatchNorm statistics measured so that nothing diverges (the batches come first for that).
         fast_teacher = ["KD.TEACHER.CHANNELS_LAST", "True"] if args.teacher_channels_last else []
         if args.teacher_precision:
             fast_teacher += ["KD.TEACHER.PRECISION", args.teacher_precision]
@@ -202,6 +205,9 @@ def main() -> None:
             batches = [next(loader) for _ in range(count)]
         batches_file = f"{tmp}/batches.pt"
         torch.save(batches, batches_file)
+        teacher = build_model(load_config(teacher_config, common))
+        measure_frozen_bn_statistics(teacher, batches[0])
+        DetectionCheckpointer(teacher, save_dir=tmp).save("teacher")
 
         timing = (batches_file, args.warmup, args.repeats, args.amp)
         teacher_fwd = in_child(measure_teacher_forward, teacher_config, common, *timing)["step_s"]
