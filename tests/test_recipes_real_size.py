@@ -16,7 +16,8 @@ What each run changes from its config, and why; INPUT is never touched:
   DATALOADER.NUM_WORKERS 0.
 - KD.TEACHER.WEIGHTS: a randomly initialised R-101 teacher built from the recipe's own
   KD.TEACHER.CONFIG_FILE (one for VOC's 20 classes, one for COCO's 80), its frozen BatchNorm
-  statistics measured on a noise image (see ``measure_frozen_bn_statistics``), saved once per
+  statistics measured on a noise image (``kddet.modeling.frozen_bn``: a random R-101's FPN features
+  would otherwise reach a standard deviation of ~1e6 and the feature losses overflow), saved once per
   session. A teacher config trains from the same checkpoint (MODEL.WEIGHTS), not from ImageNet's
   R-101, which is a download.
 - MODEL.WEIGHTS "" when the student's ImageNet weights (``pretrained/R-18.pkl``,
@@ -52,10 +53,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES
 from detectron2.data.transforms import ResizeShortestEdge
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from conftest import REPO, load_config, run_train_net, write_coco_instances, write_voc_image, write_voc_split
+from kddet.modeling.frozen_bn import measure_frozen_bn_statistics
 
 pytestmark = pytest.mark.slow
 
@@ -173,29 +174,6 @@ def fixtures(tmp_path_factory) -> Dict[str, dict]:
     }
 
 
-def measure_frozen_bn_statistics(model: torch.nn.Module, image: np.ndarray) -> None:
-    """Set every FrozenBatchNorm2d's running mean and variance to those of its input when ``model``'s
-    backbone sees ``image`` (HWC, RGB), layer after layer, as BatchNorm's running averages would hold
-    them. Freshly built, they are 0 and 1: a random R-101 with FrozenBN then adds up 33 residual
-    blocks unnormalised, and its FPN features reach a standard deviation of ~1e6 (about 5 once
-    measured), on which the feature losses overflow and the student diverges in its first step."""
-
-    def measure(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    hooks = [m.register_forward_pre_hook(measure) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert hooks, "the teacher has no FrozenBatchNorm2d to measure"
-    pixels = torch.as_tensor(image).permute(2, 0, 1).float()
-    if model.input_format == "BGR":
-        pixels = pixels.flip(0)
-    with torch.no_grad():
-        model.backbone(model.preprocess_image([{"image": pixels}]).tensor)
-    for hook in hooks:
-        hook.remove()
-
-
 @pytest.fixture(scope="module")
 def random_teacher(tmp_path_factory):
     """The checkpoint of a randomly initialised teacher built from a teacher config, its frozen
@@ -208,7 +186,8 @@ def random_teacher(tmp_path_factory):
         cfg = load_config(REPO / config_file, "MODEL.DEVICE", "cpu")
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        measure_frozen_bn_statistics(model, noise_image(640, 480, seed=1000))
+        pixels = torch.as_tensor(noise_image(640, 480, seed=1000)).permute(2, 0, 1).float()
+        measure_frozen_bn_statistics(model, [{"image": pixels.flip(0) if model.input_format == "BGR" else pixels}])
         name = Path(config_file).with_suffix("").as_posix().replace("/", "_")
         DetectionCheckpointer(model, save_dir=str(folder)).save(name)
         return folder / f"{name}.pth"
