@@ -67,7 +67,11 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     # What distillation adds to a student that starts from ImageNet weights (MobileNetV2-FPN).
     "pretrained": [
         ("combined recipe", "mobilenet_v2/combined", []),
+        ("FitNets", "mobilenet_v2/fitnet", []),
+        ("Chen et al. 2017", "mobilenet_v2/chen2017", []),
+        ("FGFI", "mobilenet_v2/fgfi", []),
         ("NST", "mobilenet_v2/nst", []),
+        ("teacher-free KD (no teacher)", "mobilenet_v2/virtual_teacher", []),
     ],
     # The fast teacher (KD.TEACHER.PRECISION / CHANNELS_LAST) against the same recipe's fp32 teacher.
     "fast_teacher": [("combined, teacher in bf16 and channels_last", "combined", FAST_TEACHER)],

@@ -223,7 +223,7 @@ def generate_splits() -> None:
     """Generate the shapes splits once, here, rather than by the first runs at once."""
     from detectron2.data import DatasetCatalog
 
-    for split in ("kddet_shapes_train", "kddet_shapes_val"):
+    for split in ("kddet_shapes_train", "kddet_shapes_val", "kddet_shapes_test"):
         DatasetCatalog.get(split)
 
 
