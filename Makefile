@@ -12,12 +12,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# results/embedded.md, .json and .png: teacher, student and every recipe over 5 or 3 seeds (tools/make_results.py).
+# results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 5 seeds, and
+# results/embedded_scratch.*: the slim student from scratch and every loss over 5 or 3 (tools/make_results.py).
 results: setup
 	$(PY) tools/make_results.py
+	$(PY) tools/make_results.py --benchmark scratch
 
 results-cpu-short: setup
-	$(PY) tools/make_results.py --schedule cpu-short
+	$(PY) tools/make_results.py --benchmark scratch --schedule cpu-short
 
 # results/ablation_<study>.md: the option studies of tools/ablate.py (they reuse the table's runs).
 ablations: setup

@@ -14,7 +14,7 @@ import pytest
 
 from detectron2.data import DatasetCatalog
 
-from conftest import REPO, STUDENT_CONFIG
+from conftest import REPO, STUDENT_CONFIG, load_config
 import kddet.config
 
 spec = importlib.util.spec_from_file_location("make_results", REPO / "tools/make_results.py")
@@ -155,12 +155,58 @@ def test_every_recipe_config_is_in_the_table():
     assert not {"teacher_slim_r18", "student_slim_r8", "Base-Shapes", "Base-Distill"} & set(recipes)
 
 
+def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratch_recipes_do():
+    recipes = make_results.all_recipes("pretrained")
+    assert {"fitnet", "fgfi", "nst", "chen2017", "combined", "virtual_teacher"} <= set(recipes)
+    assert not {"student", "Base-Distill"} & set(recipes)
+    student = load_config(make_results.BENCHMARKS["pretrained"].student)
+    assert student.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone" and student.MODEL.WEIGHTS
+    assert student.DATASETS.TEST == ("kddet_shapes_test",)
+    for name in recipes:
+        pretrained = load_config(make_results.recipe_config("pretrained", name))
+        scratch = load_config(make_results.recipe_config("scratch", name))
+        assert pretrained.KD == scratch.KD, name  # losses, weights and teacher: only the student differs
+        assert pretrained.MODEL.BACKBONE == student.MODEL.BACKBONE and pretrained.DATASETS == student.DATASETS
+        assert make_results.run_folder("pretrained", name) == f"mobilenet_v2/{name}"
+        assert make_results.seeds_of(make_results.run_folder("pretrained", name)) == make_results.seeds_of(name)
+    assert make_results.run_folder("scratch", "student") == "student"
+
+
+def test_the_teacher_is_evaluated_on_the_benchmarks_test_set_once_per_teacher(tmp_path, datasets_root, teacher_weights, monkeypatch):
+    from detectron2.data import MetadataCatalog
+
+    head = DatasetCatalog.get("kddet_shapes_val")[:6]
+    if "kddet_shapes_val_head" not in DatasetCatalog.list():
+        DatasetCatalog.register("kddet_shapes_val_head", lambda: head)
+        MetadataCatalog.get("kddet_shapes_val_head").set(**{k: v for k, v in MetadataCatalog.get("kddet_shapes_val").as_dict().items() if k != "name"})
+    # An untrained teacher scores every box low: a negative threshold keeps its AP a number.
+    cfg = load_config(make_results.TEACHER_CONFIG, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", -1.0)
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    shutil.copy(teacher_weights, tmp_path / "model_final.pth")
+    record = {"key": "k1", "AP": 99.0, "AP50": 99.0, "AP75": 99.0, "minutes": 3.0}
+
+    # Its own test set: the run's evaluation stands.
+    assert make_results.evaluate_teacher(record, tmp_path, "kddet_shapes_val", "cpu") == record
+    evaluated = make_results.evaluate_teacher(record, tmp_path, "kddet_shapes_val_head", "cpu")
+    assert evaluated["dataset"] == "kddet_shapes_val_head" and evaluated["minutes"] == 3.0
+    assert 0.0 <= evaluated["AP"] <= 100.0 and evaluated["AP"] != 99.0
+    assert json.loads((tmp_path / "eval_kddet_shapes_val_head.json").read_text())["key"] == "k1"
+
+    def no_model(cfg):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr("detectron2.modeling.build_model", no_model)
+    assert make_results.evaluate_teacher(record, tmp_path, "kddet_shapes_val_head", "cpu") == evaluated  # cached
+    with pytest.raises(AssertionError, match="evaluated again"):  # another teacher: evaluated anew
+        make_results.evaluate_teacher(dict(record, key="k2"), tmp_path, "kddet_shapes_val_head", "cpu")
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets_root):
     for split in ("kddet_shapes_train", "kddet_shapes_val"):
         DatasetCatalog.get(split)  # generated here, not by two runs at once
     command = [
-        sys.executable, str(REPO / "tools/make_results.py"), "--student-iters", "2", "--teacher-iters", "2",
+        sys.executable, str(REPO / "tools/make_results.py"), "--benchmark", "scratch", "--student-iters", "2", "--teacher-iters", "2",
         "--seeds", "1", "2", "--recipes", "fitnet", "--output", str(tmp_path / "runs"),
         "--results-dir", str(tmp_path / "results"),
         # Two-iteration models score every box low, some at 0: a negative threshold keeps AP a number, not nan.
@@ -170,15 +216,15 @@ def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-    table = (tmp_path / "results/embedded_custom.md").read_text()
-    assert (tmp_path / "results/embedded_custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "results/embedded_scratch_custom.md").read_text()
+    assert (tmp_path / "results/embedded_scratch_custom.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fitnet_ap = [json.loads((tmp_path / f"runs/custom/fitnet/seed{s}/result.json").read_text())["AP"] for s in (1, 2)]
     row = re.search(r"^\| fitnet \| 2 \| ([\d.]+) ± ([\d.]+) \|", table, re.M)
     assert row, table
     assert float(row.group(1)) == pytest.approx(statistics.fmean(fitnet_ap), abs=0.051)
     assert float(row.group(2)) == pytest.approx(statistics.stdev(fitnet_ap), abs=0.051)
     assert re.search(r"^\| teacher \| ", table, re.M) and re.search(r"^\| student alone \| ", table, re.M)
-    assert "GFLOPs" in table and "embedded_custom.png" in table
+    assert "GFLOPs" in table and "embedded_scratch_custom.png" in table
 
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -196,7 +242,8 @@ def test_a_diverged_seed_is_counted_not_averaged():
     assert (kd["seeds"], kd["diverged"]) == (2, 1) and kd["AP"] == pytest.approx(23.0)
     assert math.isnan(sp["AP"]) and make_results.verdict(sp) == "every seed diverged"
     sizes = {"teacher": (7.0, 1.3), "student": (1.4, 0.3)}
-    setting = {"schedule": "full", "device": "cpu", "jobs": 2, "argv": [], "commit": "abc"}
+    setting = {"benchmark": "scratch", "dataset": "kddet_shapes_val", "images": 200, "schedule": "full", "device": "cpu",
+               "jobs": 2, "argv": [], "commit": "abc"}
     table = make_results.format_markdown(teacher, make_results.summarize(teacher, runs), sizes, setting, "x.png")
     assert "| kd | 2 + 1 diverged | 23.0 ± 1.4 |" in table
     assert "| sp | 0 + 1 diverged | nan |" in table and "every seed diverged" in table

@@ -1,12 +1,20 @@
 #!/usr/bin/env python
-"""The results table: teacher, student baseline and every recipe on the embedded data set.
+"""The results tables: teacher, student baseline and every recipe of a benchmark on the embedded data set.
 
-Trains the teacher once, then the student alone and each recipe of configs/shapes/ with its
-seeds (five for the baselines and the card's methods, three for the rest), all through
-tools/train_net.py (each run ends with COCO evaluation on kddet_shapes_val), and writes
-results/embedded.md and .json (AP, AP50, AP75 mean ± std over seeds, the change against the
+Two benchmarks share one teacher (the slim R18 of configs/shapes/):
+- ``pretrained`` (results/embedded.md, the quoted table): the student is MobileNetV2-FPN from
+  torchvision's ImageNet weights, as users start one, with the recipes of configs/shapes/mobilenet_v2/,
+  evaluated on kddet_shapes_test (2000 images);
+- ``scratch`` (results/embedded_scratch.md): the slim R8 student trained from random weights, with
+  every recipe of configs/shapes/ (every registered loss), evaluated on kddet_shapes_val (200 images).
+
+Trains the teacher once, then the student alone and each recipe with its seeds (five for the
+baselines and the card's methods, three for the rest), all through tools/train_net.py (each run
+ends with COCO evaluation), evaluates the teacher on the benchmark's test set, and writes
+results/<stem>.md and .json (AP, AP50, AP75 mean ± std over seeds, the change against the
 student and the smallest change the seeds can detect, the fraction of the teacher-student gap
-recovered, parameters and FLOPs) and results/embedded.png. Runs go to output/results/<tag>/<name>/seed<N>/, and the teacher to
+recovered, parameters and FLOPs) and results/<stem>.png. Runs go to
+output/results/<tag>/<recipe>/seed<N>/, and the teacher to
 output/results/teacher/, shared by every tag that trains it as its config says. A finished run is
 reused while its resolved config (output folder included) and its teacher are unchanged, so an
 interrupted call picks up where it stopped and the table can be rebuilt without training; after
@@ -15,6 +23,7 @@ seeds, iterations, config options) is tagged `custom` and written beside, never 
 quoted table.
 
     python tools/make_results.py                        # full: the configs' schedules (quoted)
+    python tools/make_results.py --benchmark scratch    # every loss, slim student from scratch
     python tools/make_results.py --schedule cpu-short   # students at half the iterations
     python tools/make_results.py --schedule demo        # what tools/demo.py trains -> embedded_demo.md
     python tools/make_results.py --recipes fitnet kd --seeds 1 2 --jobs 1   # -> embedded_custom.md
@@ -31,6 +40,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -46,7 +56,22 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs/shapes"
 TEACHER_CONFIG = CONFIGS / "teacher_slim_r18.yaml"
 STUDENT_CONFIG = CONFIGS / "student_slim_r8.yaml"
-NOT_RECIPES = {"Base-Shapes", "Base-Distill", "teacher_slim_r18", "student_slim_r8"}
+NOT_RECIPES = {"Base-Shapes", "Base-Distill", "teacher_slim_r18", "student_slim_r8", "student"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A student and the recipes built on it, all learning from the teacher of TEACHER_CONFIG."""
+
+    folder: Path  # the recipes: every config there but NOT_RECIPES
+    student: Path  # the student alone
+    stem: str  # results/<stem>.md, .json and .png for the full schedule
+
+
+BENCHMARKS = {
+    "pretrained": Benchmark(CONFIGS / "mobilenet_v2", CONFIGS / "mobilenet_v2/student.yaml", "embedded"),
+    "scratch": Benchmark(CONFIGS, STUDENT_CONFIG, "embedded_scratch"),
+}
 # The (teacher, students) fractions of their configs' own schedules (2400 and 300 iterations). Every
 # student of a table learns from the same teacher. "demo" is what tools/demo.py trains: the same
 # students from a teacher of 400 iterations, so that all three fit in ten minutes.
@@ -62,9 +87,21 @@ T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8:
               12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
 
 
-def all_recipes() -> List[str]:
-    """The recipe names of configs/shapes/: every config there but the bases, teacher and student."""
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in NOT_RECIPES)
+def all_recipes(benchmark: str = "scratch") -> List[str]:
+    """The recipe names of a benchmark's folder: every config there but the bases, teacher and student."""
+    return sorted(p.stem for p in BENCHMARKS[benchmark].folder.glob("*.yaml") if p.stem not in NOT_RECIPES)
+
+
+def recipe_config(benchmark: str, name: str) -> Path:
+    """The config of recipe ``name`` of ``benchmark``; "student" is its student alone."""
+    bench = BENCHMARKS[benchmark]
+    return bench.student if name == "student" else bench.folder / f"{name}.yaml"
+
+
+def run_folder(benchmark: str, name: str) -> str:
+    """A recipe's runs under a tag: its name within the benchmark's folder under configs/shapes/,
+    e.g. "fitnet" (scratch) or "mobilenet_v2/fitnet" (pretrained)."""
+    return str(BENCHMARKS[benchmark].folder.relative_to(CONFIGS) / name)
 
 
 def schedule_iters(schedule: str) -> Tuple[int, int]:
@@ -78,7 +115,7 @@ def seeds_of(name: str, chosen: Sequence[int] = ()) -> List[int]:
     """The seeds model ``name`` trains with: ``chosen`` if any, else five or three (see FIVE_SEED_MODELS)."""
     if chosen:
         return list(dict.fromkeys(chosen))
-    return FIVE_SEEDS if name in FIVE_SEED_MODELS else SEEDS
+    return FIVE_SEEDS if Path(name).name in FIVE_SEED_MODELS else SEEDS  # mobilenet_v2/fitnet as fitnet
 
 
 def schedule_opts(config: Path, iters: int) -> list:
@@ -219,6 +256,17 @@ class Runner:
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {message}", flush=True)
 
 
+def convert_missing_weights(configs: Sequence[Path]) -> None:
+    """Convert the shipped ImageNet weights the configs start from (MobileNetV2's) if missing, once,
+    before their runs start."""
+    import convert_pretrained  # tools/ is not a package: found beside this file
+
+    for config in dict.fromkeys(configs):
+        weights = load_config(config).MODEL.WEIGHTS
+        if weights and convert_pretrained.convert_shipped_if_missing(REPO / weights, REPO):
+            print(f"Converted torchvision's MobileNetV2 ImageNet weights to {weights}")
+
+
 def generate_splits() -> None:
     """Generate the shapes splits once, here, rather than by the first runs at once."""
     from detectron2.data import DatasetCatalog
@@ -231,6 +279,29 @@ def train_teacher(runner: Runner, teacher_dir: Path, iters: int = 0) -> dict:
     """The teacher's run (``iters``: its config's own schedule when 0), trained or reused."""
     iters = iters or load_config(TEACHER_CONFIG).SOLVER.MAX_ITER
     return runner.run("teacher", TEACHER_CONFIG, teacher_dir, schedule_opts(TEACHER_CONFIG, iters))
+
+
+def evaluate_teacher(teacher: dict, teacher_dir: Path, dataset: str, device: str) -> dict:
+    """The teacher's record with its AP, AP50 and AP75 on ``dataset``: its run's own evaluation if that
+    was on ``dataset``, else an evaluation of its final weights there, cached beside them."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from kddet.engine import Trainer
+
+    cfg = load_config(teacher_dir / "config.yaml", ["MODEL.DEVICE", device, "OUTPUT_DIR", str(teacher_dir / f"eval_{dataset}")])
+    if teacher.get("diverged") or tuple(cfg.DATASETS.TEST) == (dataset,):
+        return teacher
+    record_file = teacher_dir / f"eval_{dataset}.json"
+    if record_file.is_file() and json.loads(record_file.read_text())["key"] == teacher["key"]:
+        return dict(teacher, **json.loads(record_file.read_text()))
+    cfg.DATASETS.TEST = (dataset,)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(teacher_dir / "model_final.pth"))
+    bbox = Trainer.test(cfg, model)["bbox"]
+    evaluation = {"key": teacher["key"], "dataset": dataset, "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"]}
+    _write_atomically(record_file, evaluation)
+    return dict(teacher, **evaluation)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -321,13 +392,15 @@ def _percent(fraction: float) -> str:
 def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict, chart_name: str) -> str:
     """results/embedded.md: the settings, teacher and student sizes, and one row per model."""
     student, recipes = rows[0], sorted(rows[1:], key=lambda r: -r["AP"])
+    bench = BENCHMARKS[setting["benchmark"]]
+    dataset = setting["dataset"]
     lines = [
-        f"# Distillation on the embedded data set — schedule `{setting['schedule']}`",
+        f"# Distillation on the embedded data set — benchmark `{setting['benchmark']}`, schedule `{setting['schedule']}`",
         "",
         f"Generated by `{' '.join(['python tools/make_results.py', *setting['argv']])}` at commit "
         f"`{setting['commit']}`; do not edit by hand.",
         "",
-        f"COCO box AP on `kddet_shapes_val` (200 images, 128 px). The teacher trained once "
+        f"COCO box AP on `{dataset}` ({setting['images']} images, 128 px). The teacher trained once "
         f"({teacher['iters']} iterations) and every recipe that needs a teacher learnt from it; the student alone "
         f"and each recipe trained {student['iters']} iterations with the first *seeds* of seeds 1, 2, 3, ...; "
         "mean ± standard deviation over seeds. "
@@ -336,7 +409,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         "| model | parameters | GFLOPs / image (fvcore: a multiply-add is one FLOP) |",
         "|---|---:|---:|",
         f"| teacher (`{TEACHER_CONFIG.name}`) | {sizes['teacher'][0]:.2f} M | {sizes['teacher'][1]:.2f} |",
-        f"| student (`{STUDENT_CONFIG.name}`), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
+        f"| student (`{bench.student.relative_to(CONFIGS)}`), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
         "",
         "| model | seeds | AP | AP50 | AP75 | ΔAP vs student | smallest detectable ΔAP | gap recovered | verdict | "
         "train+eval min/run |",
@@ -358,7 +431,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         "t-test at 95% separates from the student alone (and of 0.1 AP or more) *helps* or *hurts*; *smallest "
         "detectable ΔAP* is the size of change that test needs at the row's spread and seeds; otherwise it is "
         "*within noise* of seed-to-seed variation. With many recipes tested against one baseline and no correction, "
-        "expect about one recipe in twenty to pass by chance. Recipes are in `configs/shapes/<name>.yaml`; minutes "
+        f"expect about one recipe in twenty to pass by chance. Recipes are in `{bench.folder.relative_to(REPO)}/<name>.yaml`; minutes "
         "are wall time with the runs sharing the machine.",
         "",
         f"![AP per recipe]({chart_name})",
@@ -367,7 +440,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
     return "\n".join(lines)
 
 
-def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str) -> None:
+def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str, dataset: str) -> None:
     """A bar per model, AP mean ± std, coloured by verdict, with the teacher and student as lines."""
     import matplotlib
 
@@ -383,7 +456,7 @@ def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str) -> None:
     ax.barh(names, means, xerr=errors, color=colors + ["tab:gray"], capsize=2)
     ax.axvline(student["AP"], color="tab:gray", linestyle=":", label=f"student alone {student['AP']:.1f}")
     ax.axvline(teacher["AP"], color="black", linestyle="--", label=f"teacher {teacher['AP']:.1f}")
-    ax.set_xlabel("COCO box AP on kddet_shapes_val (mean ± std over seeds)")
+    ax.set_xlabel(f"COCO box AP on {dataset} (mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -391,7 +464,7 @@ def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def model_sizes(device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+def model_sizes(student_config: Path, device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, float]]:
     """fvcore parameters (M) and GFLOPs of teacher and student on one validation image."""
     import warnings
 
@@ -406,15 +479,17 @@ def model_sizes(device: str, opts: Sequence[str]) -> Dict[str, Tuple[float, floa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing warnings from torch and fvcore, none actionable
         return {name: params_and_flops(load_config(config, opts), image.to(device))
-                for name, config in (("teacher", TEACHER_CONFIG), ("student", STUDENT_CONFIG))}
+                for name, config in (("teacher", TEACHER_CONFIG), ("student", student_config))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", choices=BENCHMARKS, default="pretrained",
+                        help="the student and its recipes: ImageNet-pretrained MobileNetV2 (quoted), or the slim R8 from scratch with every loss")
     parser.add_argument("--schedule", choices=SCHEDULES, default="full", help="teacher's and students' share of their configs' schedules")
     parser.add_argument("--student-iters", type=int, help="students' iterations instead of the schedule's")
     parser.add_argument("--teacher-iters", type=int, help="the teacher's iterations instead of its config's")
-    parser.add_argument("--recipes", nargs="+", default=all_recipes(), help="recipe names in configs/shapes/ (default: all)")
+    parser.add_argument("--recipes", nargs="+", help="recipe names in the benchmark's folder (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help=f"seeds of every model (default: {FIVE_SEEDS} for "
                         f"{sorted(FIVE_SEED_MODELS)}, {SEEDS} for the rest)")
     parser.add_argument("--device", default="cpu")
@@ -424,16 +499,18 @@ def main() -> None:
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="where the table and chart go")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options added to every run")
     args = parser.parse_args()
-    recipes = list(dict.fromkeys(args.recipes))
+    bench = BENCHMARKS[args.benchmark]
+    recipes = list(dict.fromkeys(args.recipes or all_recipes(args.benchmark)))
     seeds = {name: seeds_of(name, args.seeds) for name in ["student", *recipes]}
-    unknown = sorted(set(recipes) - set(all_recipes()))
+    unknown = sorted(set(recipes) - set(all_recipes(args.benchmark)))
     if unknown:
-        sys.exit(f"Unknown recipes {unknown}; configs/shapes/ has {all_recipes()}.")
+        sys.exit(f"Unknown recipes {unknown}; {bench.folder.relative_to(REPO)}/ has {all_recipes(args.benchmark)}.")
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
     generate_splits()
+    convert_missing_weights([recipe_config(args.benchmark, name) for name in seeds])
     jobs = args.jobs or (2 if args.device == "cpu" else 1)
 
-    defaults = (args.student_iters, args.teacher_iters, recipes, args.seeds, args.opts) == (None, None, all_recipes(), None, [])
+    defaults = (args.student_iters, args.teacher_iters, recipes, args.seeds, args.opts) == (None, None, all_recipes(args.benchmark), None, [])
     tag = args.schedule if defaults else "custom"
     teacher_iters, student_iters = schedule_iters(args.schedule)
     teacher_iters, student_iters = args.teacher_iters or teacher_iters, args.student_iters or student_iters
@@ -444,7 +521,7 @@ def main() -> None:
     teacher_dir = (output if own_teacher else output.parent) / "teacher"
 
     def student_run(name: str, seed: int) -> dict:
-        config = STUDENT_CONFIG if name == "student" else CONFIGS / f"{name}.yaml"
+        config = recipe_config(args.benchmark, name)
         opts = ["SEED", seed, *schedule_opts(config, student_iters)]
         teacher_key = ""
         if losses_need_teacher(load_config(config)):
@@ -452,36 +529,42 @@ def main() -> None:
             opts += ["KD.TEACHER.WEIGHTS", teacher_dir / "model_final.pth"]
             if args.opts:  # the teacher as trained, with the same extra options
                 opts += ["KD.TEACHER.CONFIG_FILE", teacher_dir / "config.yaml"]
-        return runner.run(f"{name} seed {seed}", config, output / name / f"seed{seed}", opts, teacher_key)
+        return runner.run(f"{name} seed {seed}", config, output / run_folder(args.benchmark, name) / f"seed{seed}", opts, teacher_key)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
         # Submitted first, the teacher starts before any run can wait for it, whatever the pool size.
         teacher_job = pool.submit(train_teacher, runner, teacher_dir, teacher_iters)
         # Runs without a teacher first, so that they fill the other slots while the teacher trains.
-        needs_teacher = {name: name != "student" and losses_need_teacher(load_config(CONFIGS / f"{name}.yaml")) for name in seeds}
+        needs_teacher = {name: losses_need_teacher(load_config(recipe_config(args.benchmark, name))) for name in seeds}
         order = sorted(seeds, key=lambda name: needs_teacher[name])
         jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds[name]] for name in order}
+        dataset = load_config(bench.student).DATASETS.TEST[0]
+        # The teacher's AP on the benchmark's test set, for the gap (an evaluation if it was not its own).
+        teacher_eval_job = pool.submit(lambda: evaluate_teacher(teacher_job.result(), teacher_dir, dataset, args.device))
         try:
-            teacher_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
+            teacher_eval_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
             for job in sum(jobs_by_name.values(), []):
                 job.exception()
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     # A failed teacher fails every distilled run with the same message: report it once.
-    failures = list(dict.fromkeys(str(job.exception()) for job in [teacher_job, *sum(jobs_by_name.values(), [])] if job.exception()))
+    failures = list(dict.fromkeys(str(job.exception()) for job in [teacher_job, teacher_eval_job, *sum(jobs_by_name.values(), [])] if job.exception()))
     if failures:
         sys.exit("Runs failed (finished runs are kept and reused on the next call):\n\n" + "\n\n".join(failures))
 
-    teacher = teacher_job.result()
+    teacher = teacher_eval_job.result()
     rows = summarize(teacher, {name: [job.result() for job in jobs] for name, jobs in jobs_by_name.items()})
-    setting = {"schedule": tag, "seeds": seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:], "commit": runner.commit}
+    from detectron2.data import DatasetCatalog
+
+    setting = {"benchmark": args.benchmark, "dataset": dataset, "images": len(DatasetCatalog.get(dataset)), "schedule": tag,
+               "seeds": seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:], "commit": runner.commit}
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "embedded" if tag == "full" else f"embedded_{tag}"
-    draw_chart(teacher, rows, results_dir / f"{stem}.png", f"kddet on the embedded data set, schedule {tag}")
-    markdown = format_markdown(teacher, rows, model_sizes(args.device, args.opts), setting, f"{stem}.png")
+    stem = bench.stem if tag == "full" else f"{bench.stem}_{tag}"
+    draw_chart(teacher, rows, results_dir / f"{stem}.png", f"kddet on the embedded data set, {args.benchmark} student, schedule {tag}", dataset)
+    markdown = format_markdown(teacher, rows, model_sizes(bench.student, args.device, args.opts), setting, f"{stem}.png")
     (results_dir / f"{stem}.md").write_text(markdown)
     # The same rows for tools that quote the table (the demo reads the seed spread from it).
     (results_dir / f"{stem}.json").write_text(json.dumps({"teacher": teacher, "rows": rows, "setting": setting}, indent=1))
