@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_results as mr  # noqa: E402
 
 BALANCE = ["KD.BALANCE.ENABLED", True]
+COMBINED = ["NST", "SP", "RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]  # configs/shapes/mobilenet_v2/combined.yaml
 FAST_TEACHER = ["KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
 STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
@@ -73,12 +74,26 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("Chen 2017 without the hint (head losses only)", "mobilenet_v2/chen2017",
          ["KD.LOSSES", ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]]),
     ],
+    # Whether the combined recipe of results/embedded.md gains from one more loss, or from its
+    # feature terms weighing more.
+    "combined_pretrained": [
+        ("combined + AB", "mobilenet_v2/combined", ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]),
+        ("combined + RKD", "mobilenet_v2/combined", ["KD.LOSSES", [*COMBINED, "RKD"]]),
+        ("combined, NST and SP at twice their weights", "mobilenet_v2/combined", ["KD.NST.WEIGHT", 100.0, "KD.SP.WEIGHT", 600.0]),
+    ],
+    # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
+    # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
+    # spreads; the change of AP is one of evaluation set.
+    "variance_pretrained": [
+        ("evaluated on kddet_shapes_val (200 images)", "mobilenet_v2/student", ["DATASETS.TEST", ("kddet_shapes_val",)]),
+    ],
     # The fast teacher (KD.TEACHER.PRECISION / CHANNELS_LAST) against the same recipe's fp32 teacher.
     "fast_teacher": [("combined, teacher in bf16 and channels_last", "combined", FAST_TEACHER)],
     "fast_teacher_nst": [("NST, teacher in bf16 and channels_last", "nst", FAST_TEACHER)],
 }
 # study -> the recipe its variants are compared against, where it is not the slim student alone.
-BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
+BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "combined_pretrained": "mobilenet_v2/student",
+                             "variance_pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
 
 
 def baseline_of(study: str) -> str:
