@@ -553,6 +553,23 @@ def test_fgfi_warmup_zeroes_the_term_but_uses_the_adapters():
     assert loss(batch)["loss_kd_fgfi"].item() > 0
 
 
+def test_fgfi_can_fit_its_adapters_during_warmup_without_pulling_the_student():
+    loss = build_loss("FGFI", 4, 6, "KD.FGFI.WARMUP_ITERS", 10, "KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True)
+    batch = make_batch()
+    batch.iteration = 9
+    term = loss(batch)["loss_kd_fgfi"]
+    term.backward()
+    # The full term, on detached student features: the adapters learn, the student is not pulled.
+    plain = build_loss("FGFI", 4, 6, "KD.FGFI.WARMUP_ITERS", 0)
+    plain.load_state_dict(loss.state_dict())
+    assert term.item() == pytest.approx(plain(batch)["loss_kd_fgfi"].item()) and term.item() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.parameters())
+    assert all(batch.student["features"][f].grad is None for f in LEVELS)
+    batch.iteration = 10
+    loss(batch)["loss_kd_fgfi"].backward()
+    assert all(batch.student["features"][f].grad.abs().sum() > 0 for f in LEVELS)
+
+
 def test_ofd_margins_learn_only_in_training():
     loss = build_loss("OFD")
     batch = make_batch()

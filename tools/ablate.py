@@ -74,6 +74,13 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("Chen 2017 without the hint (head losses only)", "mobilenet_v2/chen2017",
          ["KD.LOSSES", ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]]),
     ],
+    # FGFI diverged on the pretrained student the step its term switched on, through adapters still
+    # at their random start: fitted during warm-up (KD.FGFI.FIT_ADAPTERS_IN_WARMUP), do they keep it?
+    "fgfi_pretrained": [
+        ("FGFI, adapters fitted during warm-up", "mobilenet_v2/fgfi", ["KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True]),
+        ("FGFI, lambda 0.001, adapters fitted during warm-up", "mobilenet_v2/fgfi",
+         ["KD.FGFI.WEIGHT", 0.001, "KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True]),
+    ],
     # Whether the combined recipe of results/embedded.md gains from one more loss, or from its
     # feature terms weighing more.
     "combined_pretrained": [
@@ -93,6 +100,7 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
 }
 # study -> the recipe its variants are compared against, where it is not the slim student alone.
 BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "combined_pretrained": "mobilenet_v2/student",
+                             "fgfi_pretrained": "mobilenet_v2/student",
                              "variance_pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
 
 

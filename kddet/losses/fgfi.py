@@ -97,6 +97,7 @@ class FGFI(DistillationLoss):
         node.PSI = 0.5  # a box's threshold is PSI * its best anchor IoU
         node.MAX_IOU_PER_LEVEL = False  # True: the best IoU of each level, not of all levels
         node.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
+        node.FIT_ADAPTERS_IN_WARMUP = False  # True: during warm-up the adapters learn, the student is not pulled
         node.STANDARDIZE_TARGET = False  # as FitNet's STANDARDIZE_TARGET
         node.FULL_MAP = False  # True: imitate every location, the masks' ablation at equal weight
         return node
@@ -112,6 +113,7 @@ class FGFI(DistillationLoss):
         psi: float,
         max_iou_per_level: bool,
         warmup_iters: int,
+        fit_adapters_in_warmup: bool = False,
         standardize_target: bool = False,
         full_map: bool = False,
     ):
@@ -121,6 +123,9 @@ class FGFI(DistillationLoss):
                 list (the RPN's ``in_features``); a box's best IoU is sought over all of them.
             warmup_iters: no imitation before this iteration (the official code's 400), while the
                 student's RPN and heads find their feet.
+            fit_adapters_in_warmup: during warm-up, train the adapters on the student's detached
+                features at the full weight instead of zeroing the term, so that when the student
+                starts to be pulled it is by what the adapters cannot map, not by their random start.
             standardize_target: imitate the teacher's map with each channel standardised over the
                 batch (as PKD does), so that the target's scale does not depend on the teacher's FPN.
             full_map: imitate every location (a mask of ones, same normalisation): what the masks
@@ -134,6 +139,7 @@ class FGFI(DistillationLoss):
         self.psi = psi
         self.max_iou_per_level = max_iou_per_level
         self.warmup_iters = warmup_iters
+        self.fit_adapters_in_warmup = fit_adapters_in_warmup
         self.standardize_target = standardize_target
         self.full_map = full_map
 
@@ -159,6 +165,7 @@ class FGFI(DistillationLoss):
             "psi": node.PSI,
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
             "warmup_iters": node.WARMUP_ITERS,
+            "fit_adapters_in_warmup": node.FIT_ADAPTERS_IN_WARMUP,
             "standardize_target": node.STANDARDIZE_TARGET,
             "full_map": node.FULL_MAP,
         }
@@ -180,7 +187,9 @@ class FGFI(DistillationLoss):
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
         targets = [standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features]
-        loss = fgfi_loss([self.adapters[f](student[f].float()) for f in self.in_features], targets, self.masks(batch))
-        # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
         in_warmup = batch.iteration < self.warmup_iters
-        return self.weighted(0.0 if in_warmup else self.weight, loss)
+        fitting_adapters = in_warmup and self.fit_adapters_in_warmup
+        inputs = [student[f].detach() if fitting_adapters else student[f] for f in self.in_features]
+        loss = fgfi_loss([self.adapters[f](x.float()) for f, x in zip(self.in_features, inputs)], targets, self.masks(batch))
+        # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
+        return self.weighted(0.0 if in_warmup and not fitting_adapters else self.weight, loss)
