@@ -33,7 +33,7 @@ RUNS = [  # (name, config, title, distilled from the teacher)
     ("combined", "configs/shapes/combined.yaml", "student + combined recipe (NST, SP, Chen et al.'s head losses)", True),
 ]
 # make_results' "demo" schedule, to fit in ten minutes on a 2-core CPU: the teacher a sixth of its
-# config's 2400 iterations, the students their configs' 300; results/embedded.md has the full teacher.
+# config's 2400 iterations, the students their configs' 300; results/embedded_scratch.md has the full teacher.
 TEACHER_ITERS, STUDENT_ITERS = make_results.schedule_iters("demo")
 
 
