@@ -619,7 +619,7 @@ def test_anchor_mismatch_stops_at_build_with_both_settings(teacher_weights, tmp_
 
 RECIPE_CONFIGS = sorted(
     str(path.relative_to(REPO))
-    for path in REPO.glob("configs/*/*.yaml")
+    for path in REPO.glob("configs/**/*.yaml")
     if path.stem != "Base-Distill" and load_config(path).MODEL.META_ARCHITECTURE == "DistillationRCNN"
 )
 

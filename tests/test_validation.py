@@ -13,8 +13,8 @@ from kddet.engine import Trainer
 from kddet.validation import check_distillation, distillation_problems, distillation_summary
 
 SHAPES = REPO / "configs/shapes"
-RECIPES = sorted(p for p in REPO.glob("configs/*/*.yaml") if load_config(p).KD.LOSSES)
-CONFIG_ID = "{0.parent.name}/{0.stem}".format
+RECIPES = sorted(p for p in REPO.glob("configs/**/*.yaml") if load_config(p).KD.LOSSES)
+CONFIG_ID = lambda path: str(path.relative_to(REPO / "configs").with_suffix(""))  # noqa: E731
 
 
 def recipe(name, teacher_weights, *opts):
