@@ -80,12 +80,13 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("FGFI, adapters fitted during warm-up", "mobilenet_v2/fgfi", ["KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True]),
         ("FGFI, lambda 0.001, adapters fitted during warm-up", "mobilenet_v2/fgfi",
          ["KD.FGFI.WEIGHT", 0.001, "KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True]),
+        # The distillation path with nothing distilled: teacher built and run, adapters trained on no signal.
+        ("FGFI, lambda 0 (nothing distilled)", "mobilenet_v2/fgfi", ["KD.FGFI.WEIGHT", 0.0]),
     ],
-    # Whether the combined recipe of results/embedded.md gains from one more loss, or from its
-    # feature terms weighing more.
+    # Whether the combined recipe of results/embedded.md gains from one more loss (AB, which helps
+    # the scratch student), or from its feature terms weighing more.
     "combined_pretrained": [
         ("combined + AB", "mobilenet_v2/combined", ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]),
-        ("combined + RKD", "mobilenet_v2/combined", ["KD.LOSSES", [*COMBINED, "RKD"]]),
         ("combined, NST and SP at twice their weights", "mobilenet_v2/combined", ["KD.NST.WEIGHT", 100.0, "KD.SP.WEIGHT", 600.0]),
     ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
