@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_results as mr  # noqa: E402
 
 BALANCE = ["KD.BALANCE.ENABLED", True]
-COMBINED = ["NST", "SP", "RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]  # configs/shapes/mobilenet_v2/combined.yaml
+HEAD_LOSSES = ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]  # Chen et al. 2017 without the hint
+COMBINED = ["NST", "SP", *HEAD_LOSSES]  # configs/shapes/mobilenet_v2/combined.yaml
+COMBINED_AB = ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]
 FAST_TEACHER = ["KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
 STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
@@ -72,7 +74,7 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("FGFI, lambda 0.001", "mobilenet_v2/fgfi", ["KD.FGFI.WEIGHT", 0.001]),
         ("FGFI, lambda 0.0001", "mobilenet_v2/fgfi", ["KD.FGFI.WEIGHT", 0.0001]),
         ("Chen 2017 without the hint (head losses only)", "mobilenet_v2/chen2017",
-         ["KD.LOSSES", ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]]),
+         ["KD.LOSSES", HEAD_LOSSES]),
     ],
     # FGFI diverged on the pretrained student the step its term switched on, through adapters still
     # at their random start: fitted during warm-up (KD.FGFI.FIT_ADAPTERS_IN_WARMUP), do they keep it?
@@ -86,8 +88,22 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     # Whether the combined recipe of results/embedded.md gains from one more loss (AB, which helps
     # the scratch student), or from its feature terms weighing more.
     "combined_pretrained": [
-        ("combined + AB", "mobilenet_v2/combined", ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]),
+        ("combined + AB", "mobilenet_v2/combined", COMBINED_AB),
         ("combined, NST and SP at twice their weights", "mobilenet_v2/combined", ["KD.NST.WEIGHT", 100.0, "KD.SP.WEIGHT", 600.0]),
+    ],
+    # Combined + AB (the best of combined_pretrained): which part carries it, and whether its head
+    # losses gain from a softer target, a harder pull or one more feature term.
+    "heads_pretrained": [
+        ("head losses + AB (no NST, no SP)", "mobilenet_v2/combined",
+         ["KD.LOSSES", [*HEAD_LOSSES, "AB"], "KD.AB.WEIGHT", 1.0]),
+        ("combined + AB, soft classification at temperature 2", "mobilenet_v2/combined",
+         [*COMBINED_AB, "KD.RPNSOFTCLS.TEMPERATURE", 2.0, "KD.RCNSOFTCLS.TEMPERATURE", 2.0]),
+        ("combined + AB, soft classification mu 0.25 (more teacher)", "mobilenet_v2/combined",
+         [*COMBINED_AB, "KD.RPNSOFTCLS.MU", 0.25, "KD.RCNSOFTCLS.MU", 0.25]),
+        ("combined + AB, bounded regression at weight 1", "mobilenet_v2/combined",
+         [*COMBINED_AB, "KD.RPNBOUNDEDREG.WEIGHT", 1.0, "KD.RCNBOUNDEDREG.WEIGHT", 1.0]),
+        ("combined + AB + OFD", "mobilenet_v2/combined",
+         ["KD.LOSSES", [*COMBINED, "AB", "OFD"], "KD.AB.WEIGHT", 1.0, "KD.OFD.WEIGHT", 1.0]),
     ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
@@ -102,6 +118,7 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
 # study -> the recipe its variants are compared against, where it is not the slim student alone.
 BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "combined_pretrained": "mobilenet_v2/student",
                              "fgfi_pretrained": "mobilenet_v2/student",
+                             "heads_pretrained": "mobilenet_v2/student",
                              "variance_pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
 
 
