@@ -23,6 +23,6 @@ results-cpu-short: setup
 
 # results/ablation_<study>.md: the option studies of tools/ablate.py (they reuse the table's runs).
 ablations: setup
-	$(PY) tools/ablate.py variance --seeds 1 2 3 4 5
+	$(PY) tools/ablate.py variance variance_pretrained --seeds 1 2 3 4 5
 	$(PY) tools/ablate.py fitnet fgfi balance fast_teacher fast_teacher_nst
-	$(PY) tools/ablate.py pretrained
+	$(PY) tools/ablate.py pretrained fgfi_pretrained card_pretrained combined_pretrained heads_pretrained
