@@ -28,6 +28,7 @@ BALANCE = ["KD.BALANCE.ENABLED", True]
 HEAD_LOSSES = ["RPNSoftCls", "RCNSoftCls", "RPNBoundedReg", "RCNBoundedReg"]  # Chen et al. 2017 without the hint
 COMBINED = ["NST", "SP", *HEAD_LOSSES]  # configs/shapes/mobilenet_v2/combined.yaml
 COMBINED_AB = ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]
+CLIP = ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0]
 FAST_TEACHER = ["KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
 STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
@@ -113,6 +114,15 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("Chen 2017, hint at weight 0.1", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.1]),
         ("Chen 2017, hint at weight 0.02", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.02]),
     ],
+    # FGFI, the virtual teacher and head losses + AB diverged on some seeds of the pretrained student
+    # as its learning rate reached 0.02 after warm-up: does clipping each gradient's norm (detectron2's
+    # SOLVER.CLIP_GRADIENTS) keep them, and what does it cost the student alone?
+    "clip_pretrained": [
+        ("student alone, gradients clipped", "mobilenet_v2/student", CLIP),
+        ("FGFI, gradients clipped", "mobilenet_v2/fgfi", CLIP),
+        ("virtual teacher, gradients clipped", "mobilenet_v2/virtual_teacher", CLIP),
+        ("combined + AB, gradients clipped", "mobilenet_v2/combined", [*COMBINED_AB, *CLIP]),
+    ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
     # spreads; the change of AP is one of evaluation set.
@@ -127,6 +137,7 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
 BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "combined_pretrained": "mobilenet_v2/student",
                              "fgfi_pretrained": "mobilenet_v2/student",
                              "heads_pretrained": "mobilenet_v2/student", "card_pretrained": "mobilenet_v2/student",
+                             "clip_pretrained": "mobilenet_v2/student",
                              "variance_pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
 
 
