@@ -78,10 +78,10 @@ BENCHMARKS = {
 # Warm-ups keep their length (see schedule_opts): at half length KD and the virtual teacher diverged.
 SCHEDULES = {"full": (1.0, 1.0), "cpu-short": (1.0, 1 / 2), "demo": (1 / 6, 1.0)}
 SEEDS = [1, 2, 3]
-# The student alone, the teacher-free baseline, the card's methods and the combined recipe get five
+# The student alone, the teacher-free baseline, the card's methods and the combined recipes get five
 # seeds: their changes are the ones the table must resolve.
 FIVE_SEEDS = [1, 2, 3, 4, 5]
-FIVE_SEED_MODELS = {"student", "virtual_teacher", "fitnet", "fgfi", "nst", "chen2017", "combined"}
+FIVE_SEED_MODELS = {"student", "virtual_teacher", "fitnet", "fgfi", "nst", "chen2017", "combined", "combined_tuned"}
 # Two-sided 95% critical values of Student's t by degrees of freedom (scipy is not a dependency).
 T_CRITICAL = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
               12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
