@@ -108,9 +108,12 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     ],
     # NST and Chen et al. 2017 are within noise in results/embedded.md: does NST gain from weighing
     # more, and does Chen's recipe help once its hint weighs what FitNets alone can afford?
+    # The weights of configs/shapes/mobilenet_v2/nst.yaml (100) and chen2017.yaml (hint 0.02) come from here.
     "card_pretrained": [
+        ("NST, weight 50 (the scratch recipe's)", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 50.0]),
         ("NST, weight 100", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 100.0]),
         ("NST, weight 200", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 200.0]),
+        ("Chen 2017, hint at weight 0.5 (the scratch recipe's)", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.5]),
         ("Chen 2017, hint at weight 0.1", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.1]),
         ("Chen 2017, hint at weight 0.02", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.02]),
     ],
