@@ -6,7 +6,7 @@ variant); every variant is trained with each seed through tools/train_net.py, ex
 tools/make_results.py trains its recipes (same schedule, same teacher, same cache: a run already
 made by make_results with the same resolved config is reused), and the study's table goes to
 results/ablation_<study>.md: AP mean ± std, the change against the study's baseline (the student
-alone, or the student BASELINES names) with the same seeds, and the verdict of the same Welch t-test.
+alone, the MobileNetV2 student alone for the *pretrained studies, or the recipe BASELINES names) with the same seeds, and the verdict of the same Welch t-test.
 
     python tools/ablate.py fitnet                 # -> results/ablation_fitnet.md
     python tools/ablate.py fgfi balance --seeds 1 2 3
@@ -136,16 +136,13 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     "fast_teacher": [("combined, teacher in bf16 and channels_last", "combined", FAST_TEACHER)],
     "fast_teacher_nst": [("NST, teacher in bf16 and channels_last", "nst", FAST_TEACHER)],
 }
-# study -> the recipe its variants are compared against, where it is not the slim student alone.
-BASELINES: Dict[str, str] = {"pretrained": "mobilenet_v2/student", "combined_pretrained": "mobilenet_v2/student",
-                             "fgfi_pretrained": "mobilenet_v2/student",
-                             "heads_pretrained": "mobilenet_v2/student", "card_pretrained": "mobilenet_v2/student",
-                             "clip_pretrained": "mobilenet_v2/student",
-                             "variance_pretrained": "mobilenet_v2/student", "fast_teacher": "combined", "fast_teacher_nst": "nst"}
+# study -> the recipe its variants are compared against, where it is not the slim student alone:
+# the studies named *pretrained compare with the MobileNetV2 student alone.
+BASELINES: Dict[str, str] = {"fast_teacher": "combined", "fast_teacher_nst": "nst"}
 
 
 def baseline_of(study: str) -> str:
-    return BASELINES.get(study, "student")
+    return "mobilenet_v2/student" if study.endswith("pretrained") else BASELINES.get(study, "student")
 
 
 def config_of(recipe: str) -> Path:
