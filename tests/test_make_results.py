@@ -129,6 +129,28 @@ def test_a_finished_run_made_elsewhere_with_the_same_config_is_copied_not_retrai
     assert record["AP"] == 12.5 and (moved / "model_final.pth").read_bytes() == b"weights"
 
 
+def test_a_finished_run_replaced_in_its_folder_stays_in_the_cache(tmp_path):
+    runner = make_results.Runner("cpu", 1, [], retrain=False, cache_root=tmp_path)
+    opts = ["MODEL.DEVICE", "cpu"]
+
+    def finished(folder, seed, ap):
+        _, same_run = make_results.run_keys(STUDENT_CONFIG, ["SEED", seed, *opts, "OUTPUT_DIR", str(folder)])
+        folder.mkdir(parents=True)
+        (folder / "model_final.pth").write_bytes(b"weights %d" % seed)
+        (folder / "result.json").write_text(json.dumps({"key": "old", "same_run": same_run, "AP": ap}))
+
+    # The folder of variant 0 holds seed 1's run; variant 0 becomes seed 2, whose run is elsewhere.
+    folder, elsewhere = tmp_path / "ablation/study/0/seed1", tmp_path / "full/student/seed2"
+    finished(folder, 1, 11.0)
+    finished(elsewhere, 2, 22.0)
+    assert runner.run("seed 2", STUDENT_CONFIG, folder, ["SEED", 2])["AP"] == 22.0
+    assert (folder / "model_final.pth").read_bytes() == b"weights 2"
+    # Seed 1's run was not lost: asked for again, anywhere, it is copied, not retrained.
+    record = runner.run("seed 1", STUDENT_CONFIG, tmp_path / "ablation/study/1/seed1", ["SEED", 1])
+    assert record["AP"] == 11.0 and (tmp_path / "ablation/study/1/seed1/model_final.pth").read_bytes() == b"weights 1"
+    assert len(list((tmp_path / "superseded").iterdir())) == 1
+
+
 def test_cache_keys_follow_the_settings_a_run_changes_not_new_default_nodes(monkeypatch):
     fitnet = REPO / "configs/shapes/fitnet.yaml"
     opts = ["SEED", 3, "OUTPUT_DIR", "out"]

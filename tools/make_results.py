@@ -207,14 +207,14 @@ class Runner:
             source = self._find_same_run(same_run)
             if source is not None:
                 if source != out_dir:  # the same run in place (the folder moved) only needs its new key
-                    shutil.rmtree(out_dir, ignore_errors=True)
+                    self._set_aside(out_dir)
                     shutil.copytree(source, out_dir)
                 record = dict(_finished_record(out_dir), key=key)
                 _write_atomically(record_file, record)
                 self.log(name, f"reused a copy of {source}")
                 return record
         # detectron2 appends to metrics.json and resumes from last_checkpoint: start from nothing.
-        shutil.rmtree(out_dir, ignore_errors=True)
+        self._set_aside(out_dir)
         out_dir.mkdir(parents=True)
         command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(config), *opts]
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
@@ -250,6 +250,18 @@ class Runner:
             if _finished_record(record_file.parent).get("same_run") == same_run:
                 return record_file.parent
         return None
+
+    def _set_aside(self, out_dir: Path) -> None:
+        """Empty ``out_dir`` for another run. A finished run there moves to superseded/ under the cache
+        root, where _find_same_run still finds it (a recipe's weight changed and changed back, a
+        study's variants reordered), unless another copy of it is already there."""
+        same_run = _finished_record(out_dir).get("same_run")
+        if same_run:
+            kept = self.cache_root / "superseded" / same_run
+            if not kept.exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(out_dir), str(kept))
+        shutil.rmtree(out_dir, ignore_errors=True)
 
     def log(self, name: str, message: str) -> None:
         with self.print_lock:
