@@ -125,6 +125,9 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("FGFI, gradients clipped", "mobilenet_v2/fgfi", CLIP),
         ("virtual teacher, gradients clipped", "mobilenet_v2/virtual_teacher", CLIP),
         ("combined + AB, gradients clipped", "mobilenet_v2/combined", [*COMBINED_AB, *CLIP]),
+        ("combined_tuned, gradients clipped", "mobilenet_v2/combined_tuned", CLIP),
+        ("NST, gradients clipped", "mobilenet_v2/nst", CLIP),
+        ("Chen 2017, gradients clipped", "mobilenet_v2/chen2017", CLIP),
     ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
