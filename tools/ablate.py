@@ -6,7 +6,8 @@ variant); every variant is trained with each seed through tools/train_net.py, ex
 tools/make_results.py trains its recipes (same schedule, same teacher, same cache: a run already
 made by make_results with the same resolved config is reused), and the study's table goes to
 results/ablation_<study>.md: AP mean ± std, the change against the study's baseline (the student
-alone, the MobileNetV2 student alone for the *pretrained studies, or the recipe BASELINES names) with the same seeds, and the verdict of the same Welch t-test.
+alone, the MobileNetV2 student alone for the *pretrained studies, or the recipe BASELINES names)
+with the same seeds, and the verdict of the same Welch t-test.
 
     python tools/ablate.py fitnet                 # -> results/ablation_fitnet.md
     python tools/ablate.py fgfi balance --seeds 1 2 3

@@ -254,7 +254,7 @@ class Runner:
     def _set_aside(self, out_dir: Path) -> None:
         """Empty ``out_dir`` for another run. A finished run there moves to superseded/ under the cache
         root, where _find_same_run still finds it (a recipe's weight changed and changed back, a
-        study's variants reordered), unless another copy of it is already there."""
+        study's variants reordered), unless superseded/ holds it already."""
         same_run = _finished_record(out_dir).get("same_run")
         if same_run:
             kept = self.cache_root / "superseded" / same_run
