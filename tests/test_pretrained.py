@@ -135,9 +135,26 @@ MOBILENET_V2_CONFIGS = [
     "configs/shapes/mobilenet_v2/nst.yaml",
     "configs/voc/student_mobilenet_v2.yaml",
     "configs/voc/combined_mobilenet_v2.yaml",
+    "configs/voc/combined_tuned_mobilenet_v2.yaml",
     "configs/coco/student_mobilenet_v2.yaml",
     "configs/coco/combined_mobilenet_v2.yaml",
+    "configs/coco/combined_tuned_mobilenet_v2.yaml",
 ]
+
+
+@pytest.mark.parametrize("folder", ["voc", "coco"])
+def test_the_tuned_combined_recipe_has_voc_and_coco_counterparts(folder):
+    """The same losses, head-loss settings and clipping as the shapes recipe; the feature terms
+    balanced, since their weights were tuned at the shapes set's scale."""
+    shapes = load_config(MOBILENET_V2 / "combined_tuned.yaml")
+    counterpart = load_config(REPO / "configs" / folder / "combined_tuned_mobilenet_v2.yaml")
+    assert counterpart.KD.LOSSES == shapes.KD.LOSSES
+    for loss in ("RPNSOFTCLS", "RCNSOFTCLS", "RPNBOUNDEDREG", "RCNBOUNDEDREG"):
+        assert counterpart.KD[loss] == shapes.KD[loss], loss
+    assert counterpart.SOLVER.CLIP_GRADIENTS == shapes.SOLVER.CLIP_GRADIENTS and shapes.SOLVER.CLIP_GRADIENTS.ENABLED
+    feature_terms = [loss for loss in shapes.KD.LOSSES if not loss.startswith(("RPN", "RCN"))]
+    assert counterpart.KD.BALANCE.ENABLED and sorted(counterpart.KD.BALANCE.LOSSES) == sorted(feature_terms)
+    assert counterpart.KD.TEACHER.CONFIG_FILE.endswith("teacher_R101.yaml")
 
 
 @pytest.mark.parametrize("config", MOBILENET_V2_CONFIGS)
