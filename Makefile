@@ -25,4 +25,4 @@ results-cpu-short: setup
 ablations: setup
 	$(PY) tools/ablate.py variance variance_pretrained --seeds 1 2 3 4 5
 	$(PY) tools/ablate.py fitnet fgfi balance fast_teacher fast_teacher_nst
-	$(PY) tools/ablate.py pretrained fgfi_pretrained card_pretrained combined_pretrained heads_pretrained clip_pretrained gap_pretrained
+	$(PY) tools/ablate.py pretrained fgfi_pretrained card_pretrained combined_pretrained heads_pretrained clip_pretrained gap_pretrained nst_clip_pretrained

@@ -114,6 +114,7 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     "card_pretrained": [
         ("NST, weight 50 (the scratch recipe's)", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 50.0]),
         ("NST, weight 100", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 100.0]),
+        ("NST, weight 100 (the recipe)", "mobilenet_v2/nst", []),
         ("NST, weight 200", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 200.0]),
         ("Chen 2017, hint at weight 0.5 (the scratch recipe's)", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.5]),
         ("Chen 2017, hint at weight 0.1", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.1]),
@@ -141,6 +142,13 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("combined_tuned, NST at weight 100", "mobilenet_v2/combined_tuned", ["KD.NST.WEIGHT", 100.0]),
         ("combined_tuned, soft classification mu 0.25 (more teacher)", "mobilenet_v2/combined_tuned",
          ["KD.RPNSOFTCLS.MU", 0.25, "KD.RCNSOFTCLS.MU", 0.25]),
+    ],
+    # Clipped, NST at weight 100 scored within noise of the clipped student (clip_pretrained):
+    # does it need to weigh more once clipping bounds its steps?
+    "nst_clip_pretrained": [
+        ("NST, weight 100 (the recipe)", "mobilenet_v2/nst", []),
+        ("NST, weight 200", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 200.0]),
+        ("NST, weight 400", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 400.0]),
     ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
