@@ -114,7 +114,6 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
     "card_pretrained": [
         ("NST, weight 50 (the scratch recipe's)", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 50.0]),
         ("NST, weight 100", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 100.0]),
-        ("NST, weight 100 (the recipe)", "mobilenet_v2/nst", []),
         ("NST, weight 200", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 200.0]),
         ("Chen 2017, hint at weight 0.5 (the scratch recipe's)", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.5]),
         ("Chen 2017, hint at weight 0.1", "mobilenet_v2/chen2017", ["KD.FITNET.WEIGHT", 0.1]),
