@@ -36,6 +36,20 @@ def test_table_rows_follow_the_variants_with_deltas_against_the_student():
     assert "| b | `fitnet` | `KD.BALANCE.ENABLED True` | 3 | 30.0 ± 1.0 | 50.0 ± 1.0 | +10.0 | ±2.3 | +50% | helps |" in table
     no_teacher = ablate.format_markdown("variance", {"AP": math.nan}, rows, variants, {"argv": [], "commit": "abc", "dataset": "kddet_shapes_val"})
     assert "teacher" not in no_teacher.split("\n")[4]
+    assert "AP per class" not in table  # the runs have no per-class figures
+
+
+def test_the_ablation_table_names_each_variant_in_its_per_class_table():
+    def runs(*bars):
+        return [{"AP": 20.0, "AP50": 40.0, "AP75": 15.0, "minutes": 1.0, "iters": 300, "per_class": {"disk": 30.0, "bar": bar}} for bar in bars]
+
+    teacher = {"AP": 40.0, "per_class": {"disk": 50.0, "bar": 45.0}}
+    rows = mr.summarize(teacher, {"student": runs(10, 12), "0": runs(4, 6)})
+    table = ablate.format_markdown("fitnet", teacher, rows, [("p2 only", "fitnet", ["KD.FITNET.IN_FEATURES", ["p2"]])],
+                                   {"argv": ["fitnet"], "commit": "abc", "dataset": "kddet_shapes_val"})
+    per_class = table.split("AP per class")[1]
+    assert "| teacher | 50.0 | 45.0 |" in per_class
+    assert "| student alone | 30.0 ± 0.0 | 11.0 ± 1.4 |" in per_class and "| p2 only | 30.0 ± 0.0 | 5.0 ± 1.4 |" in per_class
 
 
 @pytest.mark.parametrize("study", [study for study in ablate.STUDIES if study.endswith("pretrained")])

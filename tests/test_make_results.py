@@ -42,6 +42,31 @@ def test_summary_means_deltas_and_gap_fraction_match_a_direct_computation():
     assert fitnet["delta_dof"] == pytest.approx(4.0)
     assert fitnet["gap_recovered"] == pytest.approx(3.0 / 20.0)
     assert student["delta"] == pytest.approx(0.0)
+    slow = make_results.summarize(teacher, {"student": [record(20.0, minutes=m) for m in (2.0, 2.5, 34.0)]})[0]
+    assert slow["minutes"] == pytest.approx(2.5)  # the median: one run slowed by other work does not count
+
+
+def test_per_class_ap_is_averaged_over_seeds_and_tabled_per_model(tmp_path):
+    teacher = dict(record(40.0), per_class={"disk": 50.0, "bar": 30.0})
+    runs = {
+        "student": [dict(record(20.0), per_class={"disk": 30.0, "bar": 10.0}), dict(record(22.0), per_class={"disk": 32.0, "bar": 14.0})],
+        "fitnet": [dict(record(21.0), per_class={"disk": 31.0, "bar": 5.0})],
+    }
+    student, fitnet = make_results.summarize(teacher, runs)
+    assert student["per_class"]["bar"] == pytest.approx((12.0, statistics.stdev([10.0, 14.0])))
+    lines = make_results.format_per_class(teacher, [dict(student, name="student alone"), fitnet])
+    assert "| model | disk | bar |" in lines
+    assert "| teacher | 50.0 | 30.0 |" in lines
+    assert "| student alone | 31.0 ± 1.4 | 12.0 ± 2.8 |" in lines
+    assert "| fitnet | 31.0 | 5.0 |" in lines
+    # Records written before the table had per-class figures get them from their run's metrics.json.
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n" + json.dumps({"iteration": 9, "bbox/AP": 21.0, "bbox/AP-disk": 33.0, "bbox/AP-bar": 7.0}) + "\n"
+    )
+    backfilled = make_results._with_per_class(record(21.0), tmp_path)
+    assert backfilled["per_class"] == {"disk": 33.0, "bar": 7.0}
+    assert json.loads((tmp_path / "result.json").read_text())["per_class"] == {"disk": 33.0, "bar": 7.0}
+    assert make_results.format_per_class(record(40.0), [student, fitnet]) == []  # a teacher without them
 
 
 def test_verdict_is_a_welch_t_test_at_95_percent_with_a_printable_change():
@@ -260,6 +285,9 @@ def test_tiny_run_writes_table_and_chart_then_reuses_its_runs(tmp_path, datasets
     assert float(row.group(2)) == pytest.approx(statistics.stdev(fitnet_ap), abs=0.051)
     assert re.search(r"^\| teacher \| ", table, re.M) and re.search(r"^\| student alone \| ", table, re.M)
     assert "GFLOPs" in table and "embedded_scratch_custom.png" in table
+    from kddet.data.shapes import SHAPE_CLASSES as classes
+    assert re.search(r"^\| model \| " + r" \| ".join(classes) + r" \|$", table, re.M), table
+    assert re.search(r"^\| fitnet( \| [^|]+){6} \|$", table.split("AP per class")[1], re.M), table
 
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -184,6 +184,23 @@ def _finished_record(run_dir: Path) -> dict:
     return record if record.get("diverged") or (run_dir / "model_final.pth").is_file() else {}
 
 
+def _per_class_ap(bbox: dict) -> Dict[str, float]:
+    """The per-class APs of a COCO evaluation's bbox results (keys "AP-<class>"), by class."""
+    return {k[len("AP-"):]: v for k, v in bbox.items() if k.startswith("AP-")}
+
+
+def _with_per_class(record: dict, run_dir: Path) -> dict:
+    """``record`` with the per-class APs of its run's last evaluation (runs recorded before the
+    table had them are read again from their metrics.json, where it is kept)."""
+    if "per_class" in record or record.get("diverged") or not (run_dir / "metrics.json").is_file():
+        return record
+    metrics = [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
+    final = next(m for m in reversed(metrics) if "bbox/AP" in m)
+    record = dict(record, per_class=_per_class_ap({k[len("bbox/"):]: v for k, v in final.items() if k.startswith("bbox/")}))
+    _write_atomically(run_dir / "result.json", record)
+    return record
+
+
 def _write_atomically(path: Path, record: dict) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(record, indent=1))
@@ -211,7 +228,7 @@ class Runner:
         if not self.retrain:
             if _finished_record(out_dir).get("key") == key:
                 self.log(name, f"reused {record_file}")
-                return _finished_record(out_dir)
+                return _with_per_class(_finished_record(out_dir), out_dir)
             source = self._find_same_run(same_run)
             if source is not None:
                 if source != out_dir:  # the same run in place (the folder moved) only needs its new key
@@ -220,7 +237,7 @@ class Runner:
                 record = dict(_finished_record(out_dir), key=key)
                 _write_atomically(record_file, record)
                 self.log(name, f"reused a copy of {source}")
-                return record
+                return _with_per_class(record, out_dir)
         # detectron2 appends to metrics.json and resumes from last_checkpoint: start from nothing.
         self._set_aside(out_dir)
         out_dir.mkdir(parents=True)
@@ -245,6 +262,7 @@ class Runner:
         record = {
             "key": key, "same_run": same_run, "config": str(config.relative_to(REPO)), "opts": opts, "commit": self.commit,
             "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
+            "per_class": _per_class_ap({k[len("bbox/"):]: v for k, v in final.items() if k.startswith("bbox/")}),
             "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1,
             "minutes": (time.perf_counter() - start) / 60,
         }
@@ -313,13 +331,15 @@ def evaluate_teacher(teacher: dict, teacher_dir: Path, dataset: str, device: str
     if teacher.get("diverged") or tuple(cfg.DATASETS.TEST) == (dataset,):
         return teacher
     record_file = teacher_dir / f"eval_{dataset}.json"
-    if record_file.is_file() and json.loads(record_file.read_text())["key"] == teacher["key"]:
-        return dict(teacher, **json.loads(record_file.read_text()))
+    cached = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    if cached.get("key") == teacher["key"] and "per_class" in cached:
+        return dict(teacher, **cached)
     cfg.DATASETS.TEST = (dataset,)
     model = build_model(cfg)
     DetectionCheckpointer(model).load(str(teacher_dir / "model_final.pth"))
     bbox = Trainer.test(cfg, model)["bbox"]
-    evaluation = {"key": teacher["key"], "dataset": dataset, "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"]}
+    evaluation = {"key": teacher["key"], "dataset": dataset, "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"],
+                  "per_class": _per_class_ap(bbox)}
     _write_atomically(record_file, evaluation)
     return dict(teacher, **evaluation)
 
@@ -341,7 +361,8 @@ def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
         # Statistics over the seeds that finished; those that diverged are counted beside them.
         records = [r for r in all_records if not r.get("diverged")]
         row = {"name": name, "seeds": len(records), "diverged": len(all_records) - len(records),
-               "minutes": statistics.fmean(r["minutes"] for r in all_records)}
+               # The median: a run that shared the cores with other work does not move it.
+               "minutes": statistics.median(r["minutes"] for r in all_records)}
         if not records:
             rows.append(dict(row, iters=0, AP=math.nan, AP_std=math.nan, AP50=math.nan, AP50_std=math.nan,
                              AP75=math.nan, AP75_std=math.nan, delta=math.nan, delta_se=math.nan,
@@ -350,6 +371,8 @@ def summarize(teacher: dict, runs: Dict[str, List[dict]]) -> List[dict]:
         row["iters"] = records[0]["iters"]
         for metric in ("AP", "AP50", "AP75"):
             row[metric], row[metric + "_std"] = mean_std([r[metric] for r in records])
+        if all("per_class" in r for r in records):
+            row["per_class"] = {c: mean_std([r["per_class"][c] for r in records]) for c in records[0]["per_class"]}
         ap = [r["AP"] for r in records]
         row["delta"] = row["AP"] - student_mean
         # Standard error of a difference of two means and its Welch-Satterthwaite degrees of freedom;
@@ -432,7 +455,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"| student (`{bench.student.relative_to(CONFIGS)}`), alone or distilled | {sizes['student'][0]:.2f} M | {sizes['student'][1]:.2f} |",
         "",
         "| model | seeds | AP | AP50 | AP75 | ΔAP vs student | smallest detectable ΔAP | gap recovered | verdict | "
-        "train+eval min/run |",
+        "train+eval min/run (median) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         f"| teacher | 1 | {teacher['AP']:.1f} | {teacher['AP50']:.1f} | {teacher['AP75']:.1f} | | | | | {teacher['minutes']:.1f} |",
         f"| student alone | {student['seeds']} | {_pm(student['AP'], student['AP_std'])} | "
@@ -452,12 +475,31 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         "detectable ΔAP* is the size of change that test needs at the row's spread and seeds; otherwise it is "
         "*within noise* of seed-to-seed variation. With many recipes tested against one baseline and no correction, "
         f"expect about one recipe in twenty to pass by chance. Recipes are in `{bench.folder.relative_to(REPO)}/<name>.yaml`; minutes "
-        "are wall time with the runs sharing the machine.",
+        "are the median wall time of the row's runs, with the runs sharing the machine.",
         "",
         f"![AP per recipe]({chart_name})",
         "",
+        *format_per_class(teacher, [dict(student, name="student alone"), *recipes]),
     ]
     return "\n".join(lines)
+
+
+def format_per_class(teacher: dict, rows: List[dict]) -> List[str]:
+    """The table's models again, AP per class (mean ± std over seeds): where a recipe gains or loses.
+    Empty unless every row has them."""
+    if "per_class" not in teacher or not all("per_class" in r for r in rows):
+        return []
+    classes = list(teacher["per_class"])
+    lines = [
+        "AP per class, mean ± std over the same seeds:",
+        "",
+        "| model | " + " | ".join(classes) + " |",
+        "|---|" + "---:|" * len(classes),
+        "| teacher | " + " | ".join(f"{teacher['per_class'][c]:.1f}" for c in classes) + " |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | " + " | ".join(_pm(*r["per_class"][c]) for c in classes) + " |")
+    return lines + [""]
 
 
 def draw_chart(teacher: dict, rows: List[dict], path: Path, title: str, dataset: str) -> None:
