@@ -149,6 +149,18 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("NST, weight 200", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 200.0]),
         ("NST, weight 400", "mobilenet_v2/nst", ["KD.NST.WEIGHT", 400.0]),
     ],
+    # Clipped, FitNets and FGFI hurt (results/embedded.md), most on the thin bars: is it the finest
+    # level, where a bar is a few cells wide, or the hint at any level and weight?
+    "hints_clip_pretrained": [
+        ("FitNets, weight 0.01", "mobilenet_v2/fitnet", ["KD.FITNET.WEIGHT", 0.01]),
+        ("FitNets on p2 only", "mobilenet_v2/fitnet", ["KD.FITNET.IN_FEATURES", ["p2"]]),
+        ("FitNets without p2 (p3-p6)", "mobilenet_v2/fitnet", ["KD.FITNET.IN_FEATURES", ["p3", "p4", "p5", "p6"]]),
+        ("FitNets on p4-p6", "mobilenet_v2/fitnet", ["KD.FITNET.IN_FEATURES", ["p4", "p5", "p6"]]),
+        ("FGFI without p2 (p3-p6)", "mobilenet_v2/fgfi", ["KD.FGFI.IN_FEATURES", ["p3", "p4", "p5", "p6"]]),
+        # The same maps compared after standardising both sides' channels: the pattern without the scale.
+        ("PKD instead (both maps standardised), weight 1", "mobilenet_v2/fitnet", ["KD.LOSSES", ["PKD"], "KD.PKD.WEIGHT", 1.0]),
+        ("PKD instead, weight 5", "mobilenet_v2/fitnet", ["KD.LOSSES", ["PKD"], "KD.PKD.WEIGHT", 5.0]),
+    ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the
     # spreads; the change of AP is one of evaluation set.
@@ -200,7 +212,9 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
             f"{mr._pm(row['AP50'], row['AP50_std'])} | {row['delta']:+.1f} | {mr._pm_abs(row['detectable'])} | "
             f"{mr._percent(row['gap_recovered'])} | {mr.verdict(row)} |"
         )
-    return "\n".join(lines) + "\n"
+    first = "recipe as committed" if distilled else "student alone"
+    named = [dict(student, name=first), *(dict(row, name=name) for row, (name, _, _) in zip(recipes, variants))]
+    return "\n".join([*lines, "", *mr.format_per_class(teacher, named)]).rstrip("\n") + "\n"
 
 
 def main() -> None:
