@@ -514,11 +514,15 @@ def test_fitnet_matches_its_formula_with_a_raw_or_standardised_target(standardiz
     torch.testing.assert_close(loss(batch)["loss_kd_fitnet"], 3.0 * expected)
 
 
-def test_fgfi_imitates_the_standardised_target_when_asked():
-    loss = build_loss("FGFI", 4, 6, "KD.FGFI.IN_FEATURES", ["p2", "p3"], "KD.FGFI.STANDARDIZE_TARGET", True)
+@pytest.mark.parametrize("student_too", [False, True])
+def test_fgfi_imitates_the_standardised_target_when_asked(student_too):
+    loss = build_loss("FGFI", 4, 6, "KD.FGFI.IN_FEATURES", ["p2", "p3"], "KD.FGFI.STANDARDIZE_TARGET", True,
+                      "KD.FGFI.STANDARDIZE_STUDENT", student_too)
     batch = make_batch()
     masks = loss.masks(batch)
     adapted = [loss.adapters[f](batch.student["features"][f]) for f in ("p2", "p3")]
+    if student_too:
+        adapted = [slow_standardise(a) for a in adapted]
     targets = [slow_standardise(batch.teacher["features"][f]) for f in ("p2", "p3")]
     torch.testing.assert_close(loss(batch)["loss_kd_fgfi"], 0.01 * slow_fgfi(adapted, targets, masks))
 

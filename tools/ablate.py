@@ -31,6 +31,7 @@ COMBINED = ["NST", "SP", *HEAD_LOSSES]  # configs/shapes/mobilenet_v2/combined.y
 COMBINED_AB = ["KD.LOSSES", [*COMBINED, "AB"], "KD.AB.WEIGHT", 1.0]
 COMBINED_TUNED = [*COMBINED, "AB", "OFD"]  # configs/shapes/mobilenet_v2/combined_tuned.yaml
 CLIP = ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0]
+FGFI_STANDARDISED = ["KD.FGFI.STANDARDIZE_TARGET", True, "KD.FGFI.STANDARDIZE_STUDENT", True]
 FAST_TEACHER = ["KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True]
 # study -> [(variant, recipe, options)]; the first variant of a study is its recipe as committed.
 STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
@@ -160,6 +161,8 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         # The same maps compared after standardising both sides' channels: the pattern without the scale.
         ("PKD instead (both maps standardised), weight 1", "mobilenet_v2/fitnet", ["KD.LOSSES", ["PKD"], "KD.PKD.WEIGHT", 1.0]),
         ("PKD instead, weight 5", "mobilenet_v2/fitnet", ["KD.LOSSES", ["PKD"], "KD.PKD.WEIGHT", 5.0]),
+        ("FGFI, both maps standardised", "mobilenet_v2/fgfi", FGFI_STANDARDISED),
+        ("FGFI, both maps standardised, lambda 0.05", "mobilenet_v2/fgfi", [*FGFI_STANDARDISED, "KD.FGFI.WEIGHT", 0.05]),
     ],
     # How much of the pretrained student's spread is evaluation noise: the same five trainings, read
     # on the 200 images of kddet_shapes_val instead of the 2000 of kddet_shapes_test. Compare the

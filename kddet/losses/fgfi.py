@@ -99,6 +99,7 @@ class FGFI(DistillationLoss):
         node.WARMUP_ITERS = 400  # the term is zeroed before this iteration (official code)
         node.FIT_ADAPTERS_IN_WARMUP = False  # True: during warm-up the adapters learn, the student is not pulled
         node.STANDARDIZE_TARGET = False  # as FitNet's STANDARDIZE_TARGET
+        node.STANDARDIZE_STUDENT = False  # True: the adapted student map standardised too (PKD's norm, masked)
         node.FULL_MAP = False  # True: imitate every location, the masks' ablation at equal weight
         return node
 
@@ -115,6 +116,7 @@ class FGFI(DistillationLoss):
         warmup_iters: int,
         fit_adapters_in_warmup: bool = False,
         standardize_target: bool = False,
+        standardize_student: bool = False,
         full_map: bool = False,
     ):
         """
@@ -128,6 +130,9 @@ class FGFI(DistillationLoss):
                 starts to be pulled it is by what the adapters cannot map, not by their random start.
             standardize_target: imitate the teacher's map with each channel standardised over the
                 batch (as PKD does), so that the target's scale does not depend on the teacher's FPN.
+            standardize_student: standardise the adapted student map's channels as well, so that the
+                term compares the two maps' patterns and leaves the student's scale alone (with
+                ``standardize_target``, PKD's comparison on FGFI's locations).
             full_map: imitate every location (a mask of ones, same normalisation): what the masks
                 add over plain hints at equal weight.
         """
@@ -141,6 +146,7 @@ class FGFI(DistillationLoss):
         self.warmup_iters = warmup_iters
         self.fit_adapters_in_warmup = fit_adapters_in_warmup
         self.standardize_target = standardize_target
+        self.standardize_student = standardize_student
         self.full_map = full_map
 
     @classmethod
@@ -167,6 +173,7 @@ class FGFI(DistillationLoss):
             "warmup_iters": node.WARMUP_ITERS,
             "fit_adapters_in_warmup": node.FIT_ADAPTERS_IN_WARMUP,
             "standardize_target": node.STANDARDIZE_TARGET,
+            "standardize_student": node.STANDARDIZE_STUDENT,
             "full_map": node.FULL_MAP,
         }
 
@@ -190,6 +197,9 @@ class FGFI(DistillationLoss):
         in_warmup = batch.iteration < self.warmup_iters
         fitting_adapters = in_warmup and self.fit_adapters_in_warmup
         inputs = [student[f].detach() if fitting_adapters else student[f] for f in self.in_features]
-        loss = fgfi_loss([self.adapters[f](x.float()) for f, x in zip(self.in_features, inputs)], targets, self.masks(batch))
+        adapted = [self.adapters[f](x.float()) for f, x in zip(self.in_features, inputs)]
+        if self.standardize_student:
+            adapted = [standardise_channels(a) for a in adapted]
+        loss = fgfi_loss(adapted, targets, self.masks(batch))
         # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
         return self.weighted(0.0 if in_warmup and not fitting_adapters else self.weight, loss)
