@@ -208,18 +208,24 @@ def test_every_recipe_config_is_in_the_table():
 
 def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratch_recipes_do():
     recipes = make_results.all_recipes("pretrained")
-    assert {"fitnet", "fgfi", "nst", "chen2017", "combined", "virtual_teacher"} <= set(recipes)
+    assert {"fitnet", "fgfi", "nst", "chen2017", "combined", "virtual_teacher", "pkd", "fgfi_standardised"} <= set(recipes)
     assert not {"student", "Base-Distill"} & set(recipes)
     student = load_config(make_results.BENCHMARKS["pretrained"].student)
     assert student.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone" and student.MODEL.WEIGHTS
     assert student.DATASETS.TEST == ("kddet_shapes_test",)
-    # Every recipe but the one tuned on this benchmark has a scratch namesake it copies, two of them
-    # with one weight tuned on this benchmark (tools/ablate.py card_pretrained).
-    assert set(recipes) - set(make_results.all_recipes("scratch")) == {"combined_tuned"}
-    tuned = {"nst": ("NST", 100.0), "chen2017": ("FITNET", 0.02)}
+    # Every recipe but the two made on this benchmark has a scratch namesake it copies, three of them
+    # with one weight tuned on this benchmark (tools/ablate.py card_pretrained, hints_clip_pretrained).
+    made_here = {"combined_tuned", "fgfi_standardised"}
+    assert set(recipes) - set(make_results.all_recipes("scratch")) == made_here
+    tuned = {"nst": ("NST", 100.0), "chen2017": ("FITNET", 0.02), "pkd": ("PKD", 5.0)}
+    standardised = load_config(make_results.recipe_config("pretrained", "fgfi_standardised")).KD
+    fgfi = load_config(make_results.recipe_config("pretrained", "fgfi")).KD
+    assert standardised.FGFI.STANDARDIZE_TARGET and standardised.FGFI.STANDARDIZE_STUDENT
+    fgfi.FGFI.update(WEIGHT=0.05, STANDARDIZE_TARGET=True, STANDARDIZE_STUDENT=True)
+    assert standardised == fgfi  # FGFI's recipe but for the standardisation and its lambda
     for name in recipes:
         pretrained = load_config(make_results.recipe_config("pretrained", name))
-        if name != "combined_tuned":
+        if name not in made_here:
             scratch = load_config(make_results.recipe_config("scratch", name))
             if name in tuned:
                 node, weight = tuned[name]
