@@ -143,6 +143,12 @@ STUDIES: Dict[str, List[Tuple[str, str, list]]] = {
         ("combined_tuned, soft classification mu 0.25 (more teacher)", "mobilenet_v2/combined_tuned",
          ["KD.RPNSOFTCLS.MU", 0.25, "KD.RCNSOFTCLS.MU", 0.25]),
     ],
+    # The standardised imitations help alone (hints_clip_pretrained): do they add to combined_tuned?
+    "standardised_in_combined_pretrained": [
+        ("combined_tuned + FGFI, both maps standardised, lambda 0.05", "mobilenet_v2/combined_tuned",
+         ["KD.LOSSES", [*COMBINED_TUNED, "FGFI"], *FGFI_STANDARDISED, "KD.FGFI.WEIGHT", 0.05, "KD.FGFI.WARMUP_ITERS", 50]),
+        ("combined_tuned + PKD at weight 5", "mobilenet_v2/combined_tuned", ["KD.LOSSES", [*COMBINED_TUNED, "PKD"], "KD.PKD.WEIGHT", 5.0]),
+    ],
     # Clipped, NST at weight 100 scored within noise of the clipped student (clip_pretrained):
     # does it need to weigh more once clipping bounds its steps?
     "nst_clip_pretrained": [
