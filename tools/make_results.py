@@ -189,14 +189,22 @@ def _per_class_ap(bbox: dict) -> Dict[str, float]:
     return {k[len("AP-"):]: v for k, v in bbox.items() if k.startswith("AP-")}
 
 
+def _last_bbox_evaluation(metrics: List[dict]) -> Dict[str, float]:
+    """The bbox results of the last evaluation in a run's metrics.json rows, without the "bbox/" prefix."""
+    final = next(m for m in reversed(metrics) if "bbox/AP" in m)
+    return {k[len("bbox/"):]: v for k, v in final.items() if k.startswith("bbox/")}
+
+
+def _read_metrics(run_dir: Path) -> List[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
+
+
 def _with_per_class(record: dict, run_dir: Path) -> dict:
     """``record`` with the per-class APs of its run's last evaluation (runs recorded before the
     table had them are read again from their metrics.json, where it is kept)."""
     if "per_class" in record or record.get("diverged") or not (run_dir / "metrics.json").is_file():
         return record
-    metrics = [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
-    final = next(m for m in reversed(metrics) if "bbox/AP" in m)
-    record = dict(record, per_class=_per_class_ap({k[len("bbox/"):]: v for k, v in final.items() if k.startswith("bbox/")}))
+    record = dict(record, per_class=_per_class_ap(_last_bbox_evaluation(_read_metrics(run_dir))))
     _write_atomically(run_dir / "result.json", record)
     return record
 
@@ -257,12 +265,11 @@ class Runner:
         if proc.returncode != 0:
             tail = output.splitlines()[-30:]
             raise RuntimeError(f"{name} failed (exit {proc.returncode}), see {out_dir}/stdout.txt:\n" + "\n".join(tail))
-        metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
-        final = next(m for m in reversed(metrics) if "bbox/AP" in m)
+        metrics = _read_metrics(out_dir)
+        bbox = _last_bbox_evaluation(metrics)
         record = {
             "key": key, "same_run": same_run, "config": str(config.relative_to(REPO)), "opts": opts, "commit": self.commit,
-            "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
-            "per_class": _per_class_ap({k[len("bbox/"):]: v for k, v in final.items() if k.startswith("bbox/")}),
+            "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"], "per_class": _per_class_ap(bbox),
             "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1,
             "minutes": (time.perf_counter() - start) / 60,
         }
