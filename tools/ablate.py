@@ -198,6 +198,7 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
     student, recipes = rows[0], rows[1:]
     baseline = mr.STUDENT_CONFIG.stem if baseline_of(study) == "student" else baseline_of(study)
     distilled = bool(mr.load_config(config_of(baseline_of(study))).KD.LOSSES)
+    first = "recipe as committed" if distilled else "student alone"
     lines = [
         f"# Ablation `{study}` on the embedded data set",
         "",
@@ -211,7 +212,7 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
         "",
         "| variant | recipe | options | seeds | AP | AP50 | ΔAP vs the first row | smallest detectable ΔAP | gap recovered | verdict |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
-        f"| {'recipe as committed' if distilled else 'student alone'} | `{baseline}` | | {mr.seeds_cell(student)} | {mr._pm(student['AP'], student['AP_std'])} | "
+        f"| {first} | `{baseline}` | | {mr.seeds_cell(student)} | {mr._pm(student['AP'], student['AP_std'])} | "
         f"{mr._pm(student['AP50'], student['AP50_std'])} | | | | |",
     ]
     for row, (name, recipe, opts) in zip(recipes, variants):
@@ -221,7 +222,6 @@ def format_markdown(study: str, teacher: dict, rows: List[dict], variants: list,
             f"{mr._pm(row['AP50'], row['AP50_std'])} | {row['delta']:+.1f} | {mr._pm_abs(row['detectable'])} | "
             f"{mr._percent(row['gap_recovered'])} | {mr.verdict(row)} |"
         )
-    first = "recipe as committed" if distilled else "student alone"
     named = [dict(student, name=first), *(dict(row, name=name) for row, (name, _, _) in zip(recipes, variants))]
     return "\n".join([*lines, "", *mr.format_per_class(teacher, named)]).rstrip("\n") + "\n"
 
