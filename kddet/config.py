@@ -87,6 +87,10 @@ def add_kddet_config(cfg: CN) -> None:
     # layout, which some devices convolve faster (kddet/modeling/memory_format.py).
     cfg.MODEL.CHANNELS_LAST = False
 
+    # The seed of the training data stream (image order and augmentations, kddet/data/fixed_stream.py);
+    # -1: drawn from SEED, as detectron2 does. Set, runs of different SEEDs see the same stream.
+    cfg.DATALOADER.SEED = -1
+
     cfg.KD = CN()
     cfg.KD.TEACHER = CN()
     cfg.KD.TEACHER.CONFIG_FILE = ""

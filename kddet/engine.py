@@ -13,6 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import load_config
+from .data.fixed_stream import build_fixed_train_loader
 from .evaluation import build_evaluator, check_test_datasets
 from .modeling.memory_format import use_channels_last
 from .validation import check_distillation, distillation_summary
@@ -50,6 +51,11 @@ class Trainer(DefaultTrainer):
             use_channels_last(model)
         logger.info("%s", distillation_summary(cfg, model))
         return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's loader, its data stream seeded by ``DATALOADER.SEED`` when that is set."""
+        return super().build_train_loader(cfg) if cfg.DATALOADER.SEED < 0 else build_fixed_train_loader(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
