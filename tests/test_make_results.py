@@ -66,7 +66,11 @@ def test_per_class_ap_is_averaged_over_seeds_and_tabled_per_model(tmp_path):
     backfilled = make_results._with_per_class(record(21.0), tmp_path)
     assert backfilled["per_class"] == {"disk": 33.0, "bar": 7.0}
     assert json.loads((tmp_path / "result.json").read_text())["per_class"] == {"disk": 33.0, "bar": 7.0}
-    assert make_results.format_per_class(record(40.0), [student, fitnet]) == []  # a teacher without them
+    # A study of the student alone evaluates no teacher: its rows still get their table, without a teacher row.
+    alone = make_results.format_per_class({"AP": math.nan}, [dict(student, name="student alone"), fitnet])
+    assert "| model | disk | bar |" in alone and "| fitnet | 31.0 | 5.0 |" in alone
+    assert not any(line.startswith("| teacher") for line in alone)
+    assert make_results.format_per_class(teacher, [student, record(21.0)]) == []  # a row without them
 
 
 def test_verdict_is_a_welch_t_test_at_95_percent_with_a_printable_change():

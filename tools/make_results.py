@@ -493,17 +493,19 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
 
 def format_per_class(teacher: dict, rows: List[dict]) -> List[str]:
     """The table's models again, AP per class (mean ± std over seeds): where a recipe gains or loses.
-    Empty unless every row has them."""
-    if "per_class" not in teacher or not all("per_class" in r for r in rows):
+    Empty unless every row has them; the teacher's row where it has them (a study of the student
+    alone evaluates no teacher)."""
+    if not all("per_class" in r for r in rows):
         return []
-    classes = list(teacher["per_class"])
+    classes = list(teacher.get("per_class", rows[0]["per_class"]))
     lines = [
         "AP per class, mean ± std over the same seeds:",
         "",
         "| model | " + " | ".join(classes) + " |",
         "|---|" + "---:|" * len(classes),
-        "| teacher | " + " | ".join(f"{teacher['per_class'][c]:.1f}" for c in classes) + " |",
     ]
+    if "per_class" in teacher:
+        lines.append("| teacher | " + " | ".join(f"{teacher['per_class'][c]:.1f}" for c in classes) + " |")
     for r in rows:
         lines.append(f"| {r['name']} | " + " | ".join(_pm(*r["per_class"][c]) for c in classes) + " |")
     return lines + [""]
