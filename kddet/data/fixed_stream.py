@@ -8,13 +8,14 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
 
 __all__ = ["SeededMapper", "build_fixed_train_loader"]
 
 
 class SeededMapper:
-    """``mapper`` with its augmentations drawn from a NumPy generator of its own, seeded from ``seed``
-    and the data loader worker that maps. detectron2's augmentations draw from NumPy's global
+    """``mapper`` with its augmentations drawn from a NumPy generator of its own, seeded from ``seed``,
+    the process's rank and the data loader worker that maps. detectron2's augmentations draw from NumPy's global
     generator, which each worker seeds from ``SEED``; the global state is put back after each call,
     so nothing else that draws from it (in the main process when there are no workers) is moved."""
 
@@ -26,7 +27,7 @@ class SeededMapper:
     def __call__(self, dataset_dict):
         if self._state is None:
             worker = torch.utils.data.get_worker_info()
-            entropy = [self.seed, worker.id if worker else 0]
+            entropy = [self.seed, comm.get_rank(), worker.id if worker else 0]
             self._state = np.random.RandomState(np.random.SeedSequence(entropy).generate_state(1)[0]).get_state()
         outer = np.random.get_state()
         np.random.set_state(self._state)
