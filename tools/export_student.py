@@ -43,8 +43,9 @@ def student_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:
 
 def student_config(cfg: CfgNode, weights: Path) -> CfgNode:
     """The plain student's config from a run's: GeneralizedRCNN, no ``KD`` node, ``MODEL.WEIGHTS``
-    the student's exported weights; kddet's backbone nodes (``MODEL.SLIM_RESNET``, ``MODEL.MOBILENET_V2``)
-    and ``DATASETS.REGISTER`` only where the backbone is kddet's, whose config detectron2 cannot read anyway."""
+    the student's exported weights; kddet's keys of detectron2's nodes (``MODEL.SLIM_RESNET``,
+    ``MODEL.MOBILENET_V2``, ``DATASETS.REGISTER``, ``DATALOADER.SEED``) only where the backbone is kddet's,
+    whose config detectron2 cannot read anyway."""
     cfg = student_only(cfg).clone()
     cfg.defrost()
     del cfg["KD"]
@@ -53,6 +54,7 @@ def student_config(cfg: CfgNode, weights: Path) -> CfgNode:
         for node in set(cfg.MODEL) - set(get_cfg().MODEL):
             del cfg.MODEL[node]
         del cfg.DATASETS["REGISTER"]
+        del cfg.DATALOADER["SEED"]
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     return cfg
 
