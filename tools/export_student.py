@@ -43,20 +43,26 @@ def student_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:
 
 def student_config(cfg: CfgNode, weights: Path) -> CfgNode:
     """The plain student's config from a run's: GeneralizedRCNN, no ``KD`` node, ``MODEL.WEIGHTS``
-    the student's exported weights; kddet's keys of detectron2's nodes (``MODEL.SLIM_RESNET``,
-    ``MODEL.MOBILENET_V2``, ``DATASETS.REGISTER``, ``DATALOADER.SEED``) only where the backbone is kddet's,
-    whose config detectron2 cannot read anyway."""
+    the student's exported weights; the keys kddet adds to detectron2's nodes (``MODEL.SLIM_RESNET``,
+    ``DATASETS.REGISTER``, ``DATALOADER.SEED``, ...) only where the backbone is kddet's, whose config
+    detectron2 cannot read anyway."""
     cfg = student_only(cfg).clone()
     cfg.defrost()
     del cfg["KD"]
     if not BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME).__module__.startswith("kddet."):
         # then detectron2's get_cfg() reads the file as it is (inference needs no data set)
-        for node in set(cfg.MODEL) - set(get_cfg().MODEL):
-            del cfg.MODEL[node]
-        del cfg.DATASETS["REGISTER"]
-        del cfg.DATALOADER["SEED"]
+        _keep_detectron2_keys(cfg, get_cfg())
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     return cfg
+
+
+def _keep_detectron2_keys(cfg: CfgNode, defaults: CfgNode) -> None:
+    """Delete from ``cfg``, at every depth, the keys that detectron2's ``defaults`` do not have."""
+    for key in set(cfg) - set(defaults):
+        del cfg[key]
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode) and isinstance(defaults[key], CfgNode):
+            _keep_detectron2_keys(value, defaults[key])
 
 
 def export_student(
