@@ -14,11 +14,11 @@ def run(ap):
 
 def test_table_states_gain_gap_and_the_students_spread_from_the_results_table():
     rows = {"teacher": run(40.0), "student": run(20.0), "combined": run(32.0)}
-    results = {"rows": [
+    results = {"setting": {"student_settings": "abc"}, "rows": [
         {"name": "student", "AP": 20.4, "AP_std": 0.6, "seeds": 5},
         {"name": "combined", "AP": 31.5, "AP_std": 0.9, "seeds": 5},
     ]}
-    student = demo.student_spread(results)
+    student = demo.student_spread(results, "abc")
     assert student["AP"] == 20.4
     table = demo.format_table(rows, student)
     assert "| student + combined recipe (NST, SP, Chen et al.'s head losses) | 300 | 1.5 | 32.0 | 52.0 | 27.0 |" in table
@@ -28,8 +28,28 @@ def test_table_states_gain_gap_and_the_students_spread_from_the_results_table():
 
 def test_without_a_results_table_the_demo_still_prints_its_own():
     rows = {"teacher": run(40.0), "student": run(20.0), "combined": run(19.0)}
-    table = demo.format_table(rows, demo.student_spread(None))
+    table = demo.format_table(rows, demo.student_spread(None, "abc"))
     assert "changes the student by -1.0 AP (-5% of the gap)" in table and "Seed to seed" not in table
+
+
+def test_a_table_of_other_student_settings_is_not_quoted_and_the_demo_says_how_to_regenerate_it():
+    rows = {"teacher": run(40.0), "student": run(20.0), "combined": run(32.0)}
+    old_table = {"setting": {}, "rows": [{"name": "student", "AP": 20.4, "AP_std": 0.6, "seeds": 5}]}
+    other_settings = {"setting": {"student_settings": "old"}, "rows": old_table["rows"]}
+    for results in (old_table, other_settings):
+        student = demo.student_spread(results, "new")
+        assert student is None
+        table = demo.format_table(rows, student, table_is_stale=True)
+        assert "Seed to seed" not in table and "--benchmark scratch` regenerates it" in table
+
+
+def test_the_students_settings_fingerprint_ignores_seed_device_and_folder_but_not_anchors():
+    config = REPO / demo.RUNS[1][1]
+    settings = demo.make_results.student_settings
+    assert demo.student_settings() == settings(config, 300)
+    assert settings(config, 300, ["SEED", "7", "MODEL.DEVICE", "cuda", "OUTPUT_DIR", "/tmp/x"]) == settings(config, 300)
+    assert settings(config, 300, ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]"]) != settings(config, 300)
+    assert settings(config, 600) != settings(config, 300)
 
 
 def test_the_demo_trains_make_results_demo_schedule():

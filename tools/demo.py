@@ -6,7 +6,8 @@ Trains the three with tools/train_net.py on this machine (CPU by default; the tw
 once, each on half the cores, once the teacher is trained), each ending with COCO evaluation on
 kddet_shapes_val, then prints their box AP side by side and how far the student alone moves between
 seeds according to the committed results table of that student (results/embedded_scratch.json,
-whose student runs are the demo's), so the gain can be read against that spread. Runs go to output/demo/<name>/ (log.txt,
+whose student runs are the demo's while the two fingerprints of the student's settings match), so
+the gain can be read against that spread. Runs go to output/demo/<name>/ (log.txt,
 metrics.json, model_final.pth).
 
     python tools/demo.py
@@ -65,14 +66,23 @@ def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Pat
     }
 
 
-def student_spread(results: Optional[dict]) -> Optional[dict]:
-    """The student alone's row (AP mean, std, seeds) of the results table: the same runs as the demo's
-    student (same config, same schedule, seeds 1, 2, ...), so its spread is the demo student's too."""
-    rows = {row["name"]: row for row in (results or {}).get("rows", [])}
+def student_settings() -> str:
+    """The fingerprint of what the demo's student trains (make_results.student_settings)."""
+    _, config, _, _ = RUNS[1]
+    return make_results.student_settings(REPO / config, STUDENT_ITERS)
+
+
+def student_spread(results: Optional[dict], settings: str) -> Optional[dict]:
+    """The student alone's row (AP mean, std, seeds) of the results table if its student trained as
+    the demo's does (``settings``, same config and schedule, seeds 1, 2, ...): then its spread is the
+    demo student's too. A table made before the configs changed quotes nothing."""
+    if (results or {}).get("setting", {}).get("student_settings") != settings:
+        return None
+    rows = {row["name"]: row for row in results.get("rows", [])}
     return rows.get("student")
 
 
-def format_table(rows: dict, student: Optional[dict]) -> str:
+def format_table(rows: dict, student: Optional[dict], table_is_stale: bool = False) -> str:
     lines = ["| model | iters | train+eval (min) | AP | AP50 | AP75 |", "|---|---:|---:|---:|---:|---:|"]
     for name, _, title, _ in RUNS:
         r = rows[name]
@@ -86,6 +96,11 @@ def format_table(rows: dict, student: Optional[dict]) -> str:
         lines.append(
             f"Seed to seed, the student alone scores {student['AP']:.1f} ± {student['AP_std']:.1f} AP over "
             f"{student['seeds']} seeds (results/embedded_scratch.md, the same runs): a gain within a few times that is noise."
+        )
+    elif table_is_stale:
+        lines.append(
+            "results/embedded_scratch.md was made with other student settings than this demo's (an older commit's), so it "
+            "says nothing of this student's seed spread: `python tools/make_results.py --benchmark scratch` regenerates it."
         )
     return "\n".join(lines)
 
@@ -107,9 +122,9 @@ def main() -> None:
                 for name, config, _, distilled in students}
         rows.update({name: job.result() for name, job in jobs.items()})
     (output_root / "results.json").write_text(json.dumps(rows, indent=2))
-    student = student_spread(json.loads(RESULTS.read_text()) if RESULTS.is_file() else None)
+    student = student_spread(json.loads(RESULTS.read_text()) if RESULTS.is_file() else None, student_settings())
     print(f"\nkddet demo: COCO box AP on kddet_shapes_val (200 images), runs in {output_root}\n")
-    print(format_table(rows, student))
+    print(format_table(rows, student, table_is_stale=student is None and RESULTS.is_file()))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,14 @@ def run_keys(config: Path, opts: Sequence[str], depends_on: str = "") -> Tuple[s
     return key, hashlib.sha1((config_changes(resolved) + depends_on).encode()).hexdigest()
 
 
+def student_settings(config: Path, iters: int, extra_opts: Sequence[str] = ()) -> str:
+    """A fingerprint of what a student of ``config`` trains for ``iters`` iterations, whatever its
+    seed, device and output folder: a tool that quotes a table's seed spread for a run of its own
+    (the demo) quotes it only when the two fingerprints match."""
+    opts = [*map(str, schedule_opts(config, iters)), *map(str, extra_opts), "SEED", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", ""]
+    return hashlib.sha1(config_changes(load_config(config, opts)).encode()).hexdigest()
+
+
 def _finished_record(run_dir: Path) -> dict:
     """The result record of a finished run in ``run_dir`` (one with its final weights, or one that
     diverged), else {}."""
@@ -630,7 +638,8 @@ def main() -> None:
     from detectron2.data import DatasetCatalog
 
     setting = {"benchmark": args.benchmark, "dataset": dataset, "images": len(DatasetCatalog.get(dataset)), "schedule": tag,
-               "seeds": seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:], "commit": runner.commit}
+               "seeds": seeds, "device": args.device, "jobs": jobs, "argv": sys.argv[1:], "commit": runner.commit,
+               "student_settings": student_settings(bench.student, student_iters, args.opts)}
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = bench.stem if tag == "full" else f"{bench.stem}_{tag}"
