@@ -612,7 +612,7 @@ def test_anchor_mismatch_stops_at_build_with_both_settings(teacher_weights, tmp_
     assert "student: {'MODEL.RPN.IN_FEATURES'" in message and "teacher: {'MODEL.RPN.IN_FEATURES'" in message
     assert "'MODEL.ANCHOR_GENERATOR.SIZES': [[8.0], [16.0], [32.0], [64.0], [128.0]]" in message
     assert "'MODEL.ANCHOR_GENERATOR.SIZES': [[16.0], [32.0], [64.0], [128.0], [256.0]]" in message
-    assert "'MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS': [[0.5, 1.0, 2.0]" in message
+    assert "'MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS': [[0.25, 0.5, 1.0, 2.0, 4.0]" in message
     # Losses that do not read the RPN do not care about anchors.
     build_model(distillation_cfg(teacher_weights, teacher_config=teacher_config, losses=["RCNSoftCls"]))
 
