@@ -1,5 +1,6 @@
 """tools/demo.py: its table, the gain against the gap, and the seed spread it quotes from the results."""
 import importlib.util
+import json
 
 from conftest import REPO
 
@@ -20,10 +21,22 @@ def test_table_states_gain_gap_and_the_students_spread_from_the_results_table():
     ]}
     student = demo.student_spread(results, "abc")
     assert student["AP"] == 20.4
-    table = demo.format_table(rows, student)
+    table = demo.format_table(rows, student, REPO / "results/embedded_scratch.json")
     assert "| student + combined recipe (NST, SP, Chen et al.'s head losses) | 300 | 1.5 | 32.0 | 52.0 | 27.0 |" in table
     assert "Teacher-student gap 20.0 AP; the combined recipe changes the student by +12.0 AP (+60% of the gap)." in table
-    assert "the student alone scores 20.4 ± 0.6 AP over 5 seeds" in table
+    assert "the student alone scores 20.4 ± 0.6 AP over 5 seeds (results/embedded_scratch.md, the same runs)" in table
+
+
+def test_the_spread_comes_from_the_first_table_whose_student_is_the_demos(tmp_path, monkeypatch):
+    full, custom = tmp_path / "embedded_scratch.json", tmp_path / "embedded_scratch_custom.json"
+    monkeypatch.setattr(demo, "RESULTS", [full, custom])
+    assert demo.quoted_spread("new") == (None, None)
+    row = {"name": "student", "AP": 21.0, "AP_std": 1.4, "seeds": 10}
+    custom.write_text(json.dumps({"setting": {"student_settings": "new"}, "rows": [row]}))
+    full.write_text(json.dumps({"setting": {"student_settings": "old"}, "rows": [dict(row, AP=20.0)]}))
+    assert demo.quoted_spread("new") == (row, custom)
+    full.write_text(json.dumps({"setting": {"student_settings": "new"}, "rows": [dict(row, AP=20.0)]}))
+    assert demo.quoted_spread("new") == (dict(row, AP=20.0), full)
 
 
 def test_without_a_results_table_the_demo_still_prints_its_own():
