@@ -178,8 +178,8 @@ def student_settings(config: Path, iters: int, extra_opts: Sequence[str] = ()) -
     """A fingerprint of what a student of ``config`` trains for ``iters`` iterations, whatever its
     seed, device and output folder: a tool that quotes a table's seed spread for a run of its own
     (the demo) quotes it only when the two fingerprints match."""
-    opts = [*map(str, schedule_opts(config, iters)), *map(str, extra_opts), "SEED", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", ""]
-    return hashlib.sha1(config_changes(load_config(config, opts)).encode()).hexdigest()
+    _, same_run = run_keys(config, [*map(str, schedule_opts(config, iters)), *map(str, extra_opts), "SEED", "0", "MODEL.DEVICE", "cpu"])
+    return same_run
 
 
 def _finished_record(run_dir: Path) -> dict:
