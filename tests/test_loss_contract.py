@@ -127,7 +127,16 @@ def test_gradients_reach_the_student_and_every_adapter_and_not_the_teacher(name)
     else:
         leaves = [t for t in float_tensors(batch.student) if t.requires_grad]
         assert any(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)
-    for parameter_name, parameter in loss.named_parameters():
+    parameters = dict(loss.named_parameters())
+    assert all(p.grad is not None for p in parameters.values()), [n for n, p in parameters.items() if p.grad is None]
+    if parameters:
+        # A zero-initialised last layer (FGD's GcBlocks, FBKD's non-local blocks) starts its block as the
+        # identity, so the layers before it get gradients from its first update on: check after one step.
+        torch.optim.SGD(parameters.values(), lr=0.1).step()
+        loss.zero_grad()
+        torch.manual_seed(1)
+        sum(loss(batch).values()).backward()
+    for parameter_name, parameter in parameters.items():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name
 
 

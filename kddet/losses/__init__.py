@@ -26,3 +26,8 @@ from .virtual_teacher import VirtualTeacher
 from .pkt import PKT
 from .sp import SP
 from .rkd import RKD
+from .review_kd import ReviewKD
+from .dkd import DKD
+from .fgd import FGD
+from .mgd import MGD
+from .fbkd import FBKD
