@@ -100,6 +100,9 @@ def add_kddet_config(cfg: CN) -> None:
     # Its records reach the losses in fp32 either way.
     cfg.KD.TEACHER.PRECISION = "fp32"
     cfg.KD.TEACHER.CHANNELS_LAST = False  # the teacher's weights and input in channels_last (NHWC)
+    # Start the student's FPN and heads from the teacher's layers of the same names and shapes, its
+    # feature extractor from MODEL.WEIGHTS (kddet/inherit.py); a resumed run is not copied into again.
+    cfg.KD.TEACHER.INIT_STUDENT = False
     cfg.KD.LOSSES = []
     # Loss-scale balancing (kddet/balance.py): each loss is measured for ITERS iterations in which
     # it acts (zeroed meanwhile), then held at RATIO times the detector's own losses, whatever its

@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 from .config import load_config
 from .data.fixed_stream import build_fixed_train_loader
 from .evaluation import build_evaluator, check_test_datasets
+from .inherit import inherit_from_teacher
 from .modeling.memory_format import use_channels_last
 from .validation import check_distillation, distillation_summary
 
@@ -62,9 +63,12 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def resume_or_load(self, resume=True):
-        if resume and self.checkpointer.has_checkpoint():
+        resuming = resume and self.checkpointer.has_checkpoint()
+        if resuming:
             check_resumable(self.checkpointer)
         super().resume_or_load(resume=resume)
+        if self.cfg.KD.TEACHER.INIT_STUDENT and not resuming:  # a resumed run holds what it inherited
+            logger.info("%s", inherit_from_teacher(getattr(self.model, "module", self.model)).describe())
 
     def run_step(self):
         # detectron2 raises FloatingPointError when the RPN's boxes or the summed losses turn Inf/NaN,
