@@ -1,0 +1,70 @@
+"""The two benchmarks of the results tables, their recipes, and how many seeds each model trains."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+from .schedule import CONFIGS, STUDENT_CONFIG
+
+NOT_RECIPES = {"Base-Shapes", "Base-Distill", "teacher_slim_r18", "student_slim_r8", "student"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A student and the recipes built on it, all learning from the teacher of TEACHER_CONFIG."""
+
+    folder: Path  # the recipes: every config there but NOT_RECIPES
+    student: Path  # the student alone
+    stem: str  # results/<stem>.md, .json and .png for the full schedule
+
+
+BENCHMARKS = {
+    # The quoted table: MobileNetV2-FPN from ImageNet weights, as users start one, on kddet_shapes_test.
+    "pretrained": Benchmark(CONFIGS / "mobilenet_v2", CONFIGS / "mobilenet_v2/student.yaml", "embedded"),
+    # The slim R8 from random weights with every registered loss, on kddet_shapes_val.
+    "scratch": Benchmark(CONFIGS, STUDENT_CONFIG, "embedded_scratch"),
+}
+SEEDS = [1, 2, 3]
+# The teacher-free baseline, the card's methods and the combined recipes get five seeds: their
+# changes are the ones the table must resolve.
+FIVE_SEEDS = [1, 2, 3, 4, 5]
+FIVE_SEED_MODELS = {
+    "virtual_teacher", "fitnet", "fgfi", "fgfi_standardised", "nst", "chen2017", "combined", "combined_tuned",
+}  # fmt: skip
+# The student alone gets ten: every row is compared against it, and its spread is the benchmark's
+# own figure of merit, which five runs estimate only to within about half its size.
+STUDENT_SEEDS = list(range(1, 11))
+
+
+def all_recipes(benchmark: str = "scratch") -> List[str]:
+    """The recipe names of a benchmark's folder: every config there but the bases, teacher and student."""
+    return sorted(p.stem for p in BENCHMARKS[benchmark].folder.glob("*.yaml") if p.stem not in NOT_RECIPES)
+
+
+def recipe_config(benchmark: str, name: str) -> Path:
+    """The config of recipe ``name`` of ``benchmark``; "student" is its student alone."""
+    bench = BENCHMARKS[benchmark]
+    return bench.student if name == "student" else bench.folder / f"{name}.yaml"
+
+
+def config_of(recipe: str) -> Path:
+    """The config of a recipe named as under configs/shapes/ ("fitnet", "mobilenet_v2/nst"); "student"
+    is the slim student alone."""
+    return STUDENT_CONFIG if recipe == "student" else CONFIGS / f"{recipe}.yaml"
+
+
+def run_folder(benchmark: str, name: str) -> str:
+    """A recipe's runs under a tag: its name within the benchmark's folder under configs/shapes/,
+    e.g. "fitnet" (scratch) or "mobilenet_v2/fitnet" (pretrained)."""
+    return str(BENCHMARKS[benchmark].folder.relative_to(CONFIGS) / name)
+
+
+def seeds_of(name: str, chosen: Sequence[int] = ()) -> List[int]:
+    """The seeds model ``name`` trains with: ``chosen`` if any, else ten for the student alone, five
+    or three for a recipe (see FIVE_SEED_MODELS)."""
+    if chosen:
+        return list(dict.fromkeys(chosen))
+    name = Path(name).name  # mobilenet_v2/fitnet as fitnet
+    if name == "student":
+        return STUDENT_SEEDS
+    return FIVE_SEEDS if name in FIVE_SEED_MODELS else SEEDS

@@ -1,0 +1,132 @@
+"""kddet.benchmarks.recipes and .studies: the benchmarks' recipes and seeds, and every variant of every
+ablation study a valid config that changes what it says."""
+
+import pytest
+
+from conftest import load_config
+
+from kddet.benchmarks.ablate import out_dir, study_seeds
+from kddet.benchmarks.recipes import (
+    BENCHMARKS,
+    FIVE_SEED_MODELS,
+    all_recipes,
+    config_of,
+    recipe_config,
+    run_folder,
+    seeds_of,
+)
+from kddet.benchmarks.studies import STUDIES
+
+
+def test_the_student_gets_ten_seeds_baselines_and_card_methods_five_the_rest_three():
+    assert seeds_of("student") == seeds_of("mobilenet_v2/student") == list(range(1, 11))
+    assert seeds_of("student", [1, 2]) == [1, 2]
+    assert seeds_of("fitnet") == [1, 2, 3, 4, 5]
+    assert seeds_of("virtual_teacher") == seeds_of("chen2017") == [1, 2, 3, 4, 5]
+    assert seeds_of("pkt") == [1, 2, 3]
+    assert seeds_of("pkt", [7, 7, 8]) == [7, 8]
+    recipes = {name for benchmark in BENCHMARKS for name in all_recipes(benchmark)}
+    assert set(FIVE_SEED_MODELS) <= recipes
+    assert seeds_of("mobilenet_v2/combined_tuned") == [1, 2, 3, 4, 5]
+
+
+def test_every_recipe_config_is_in_the_table():
+    recipes = all_recipes()
+    assert "fitnet" in recipes and "chen2017" in recipes
+    assert not {"teacher_slim_r18", "student_slim_r8", "Base-Shapes", "Base-Distill"} & set(recipes)
+
+
+def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratch_recipes_do():
+    recipes = all_recipes("pretrained")
+    assert {"fitnet", "fgfi", "nst", "chen2017", "combined", "virtual_teacher", "pkd", "fgfi_standardised"} <= set(
+        recipes
+    )
+    assert not {"student", "Base-Distill"} & set(recipes)
+    student = load_config(BENCHMARKS["pretrained"].student)
+    assert student.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone" and student.MODEL.WEIGHTS
+    assert student.DATASETS.TEST == ("kddet_shapes_test",)
+    # Every recipe but the two made on this benchmark has a scratch namesake it copies, three of them
+    # with one weight tuned on this benchmark (the card_pretrained and hints_clip_pretrained studies).
+    made_here = {"combined_tuned", "fgfi_standardised"}
+    assert set(recipes) - set(all_recipes("scratch")) == made_here
+    tuned = {"nst": ("NST", 100.0), "chen2017": ("FITNET", 0.02), "pkd": ("PKD", 5.0)}
+    standardised = load_config(recipe_config("pretrained", "fgfi_standardised")).KD
+    fgfi = load_config(recipe_config("pretrained", "fgfi")).KD
+    assert standardised.FGFI.STANDARDIZE_TARGET and standardised.FGFI.STANDARDIZE_STUDENT
+    fgfi.FGFI.update(WEIGHT=0.05, STANDARDIZE_TARGET=True, STANDARDIZE_STUDENT=True)
+    assert standardised == fgfi  # FGFI's recipe but for the standardisation and its lambda
+    for name in recipes:
+        pretrained = load_config(recipe_config("pretrained", name))
+        if name not in made_here:
+            scratch = load_config(recipe_config("scratch", name))
+            if name in tuned:
+                node, weight = tuned[name]
+                assert pretrained.KD[node].WEIGHT == weight != scratch.KD[node].WEIGHT
+                scratch.KD[node].WEIGHT = weight
+            assert pretrained.KD == scratch.KD, name  # losses, weights and teacher: only the student differs
+        assert pretrained.MODEL.BACKBONE == student.MODEL.BACKBONE and pretrained.DATASETS == student.DATASETS
+        assert run_folder("pretrained", name) == f"mobilenet_v2/{name}"
+        assert seeds_of(run_folder("pretrained", name)) == seeds_of(name)
+    assert run_folder("scratch", "student") == "student"
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_variant_loads_and_changes_what_it_says(study):
+    study = STUDIES[study]
+    assert study.variants and study.description and "\n" not in study.description
+    # The split its table names is the one its baseline is evaluated on.
+    assert load_config(study.baseline_config).DATASETS.TEST == (study.split,)
+    for variant in study.variants:
+        opts = variant.options
+        cfg = load_config(config_of(variant.recipe), *map(str, opts))  # an unknown key would raise here
+        for key, value in zip(opts[::2], opts[1::2]):
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            expected = list(value) if isinstance(value, (list, tuple)) and isinstance(node, list) else value
+            assert node == expected, (variant.name, key)
+
+
+def test_the_studies_of_the_old_script_are_all_here_with_their_seeds():
+    assert len(STUDIES) == 18
+    assert STUDIES["variance"].seeds == STUDIES["variance_pretrained"].seeds == (1, 2, 3, 4, 5)
+    assert STUDIES["variance_sources_pretrained"].seeds == tuple(range(1, 11))
+    assert STUDIES["balance"].seeds == (1, 2, 3)
+    fitnet = STUDIES["fitnet"]
+    assert study_seeds(fitnet, "student", ()) == list(range(1, 11))  # the baseline: its table's runs
+    assert study_seeds(fitnet, "fitnet", ()) == [1, 2, 3, 4, 5]  # the recipe as committed: its table's too
+    assert study_seeds(fitnet, "fitnet", ("KD.FITNET.WEIGHT", 0.1)) == [1, 2, 3]
+    assert study_seeds(STUDIES["balance"], "kd", ("KD.KD.WEIGHT", 1.0)) == [1, 2, 3]
+    assert study_seeds(fitnet, "fitnet", ("KD.FITNET.WEIGHT", 0.1), [4]) == [4]
+
+
+def test_a_recipe_as_committed_shares_the_results_tables_runs_and_a_variant_has_its_own(tmp_path):
+    assert out_dir(tmp_path, "fitnet", 0, "fitnet", ()) == tmp_path / "full/fitnet"
+    assert out_dir(tmp_path, "x", 0, "mobilenet_v2/student", ()) == tmp_path / "full/mobilenet_v2/student"
+    assert out_dir(tmp_path, "fitnet", 2, "fitnet", ("KD.FITNET.WEIGHT", 0.1)) == tmp_path / "ablation/fitnet/2"
+
+
+@pytest.mark.parametrize("study", [name for name in STUDIES if name.endswith("pretrained")])
+def test_the_pretrained_studies_compare_the_mobilenet_v2_student_with_itself(study):
+    study = STUDIES[study]
+    assert study.baseline == "mobilenet_v2/student"
+    baseline = load_config(study.baseline_config)
+    assert baseline.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone" and not baseline.KD.LOSSES
+    for variant in study.variants:
+        cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
+        assert cfg.MODEL.BACKBONE == baseline.MODEL.BACKBONE and cfg.MODEL.WEIGHTS == baseline.MODEL.WEIGHTS
+
+
+@pytest.mark.parametrize("study", ["fast_teacher", "fast_teacher_nst"])
+def test_a_fast_teacher_study_changes_only_how_the_teacher_computes(study):
+    study = STUDIES[study]
+    baseline = load_config(study.baseline_config)
+    (variant,) = study.variants
+    assert variant.recipe == study.baseline
+    cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
+    assert (cfg.KD.TEACHER.PRECISION, cfg.KD.TEACHER.CHANNELS_LAST) == ("bf16", True)
+    cfg.KD.TEACHER.PRECISION, cfg.KD.TEACHER.CHANNELS_LAST = (
+        baseline.KD.TEACHER.PRECISION,
+        baseline.KD.TEACHER.CHANNELS_LAST,
+    )
+    assert cfg.dump() == baseline.dump()
