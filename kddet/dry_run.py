@@ -18,7 +18,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from .complexity import inference_gflops
-from .inherit import inheritance_plan
+from .inherit import NOTHING_INHERITED, inheritance_plan
 from .losses import losses_need_teacher
 from .model_zoo import config_file, is_url, not_downloaded, weights_available
 from .modeling import DistillationRCNN
@@ -116,9 +116,13 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
     lines = [distillation_summary(cfg, model, _gflops(cfg, model) if flops and model is not None else None)]
     if cfg.KD.TEACHER.INIT_STUDENT and model is not None:  # what training would copy: names and shapes only
         try:
-            lines.append(inheritance_plan(model).describe())
+            inheritance = inheritance_plan(model)
         except ValueError as error:
             errors.append(str(error))
+        else:
+            lines.append(inheritance.describe())
+            if not inheritance.copied:
+                warnings.append(NOTHING_INHERITED)
     lines += [f"ERROR: {error}" for error in errors] + [f"WARNING: {warning}" for warning in warnings]
     verdict = "ready to train" if not errors else "fix the errors before training"
     lines.append(f"{len(errors)} error(s), {len(warnings)} warning(s): {verdict}.")

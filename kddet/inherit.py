@@ -14,7 +14,15 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-__all__ = ["Inheritance", "feature_extractor_prefix", "inherit_from_teacher", "inheritance_plan", "plan_inheritance"]
+__all__ = [
+    "NOTHING_INHERITED",
+    "NO_TEACHER",
+    "Inheritance",
+    "feature_extractor_prefix",
+    "inherit_from_teacher",
+    "inheritance_plan",
+    "plan_inheritance",
+]
 
 
 @dataclass
@@ -95,6 +103,11 @@ def _layer(name: str) -> str:
     return name.rsplit(".", 1)[0]
 
 
+NOTHING_INHERITED = (
+    "KD.TEACHER.INIT_STUDENT copies nothing: no teacher layer outside the feature extractor has the student's "
+    "shapes (see the list above). Give the student the teacher's FPN and box-head widths "
+    "(MODEL.FPN.OUT_CHANNELS, MODEL.ROI_BOX_HEAD.FC_DIM), or set KD.TEACHER.INIT_STUDENT to False."
+)
 NO_TEACHER = (
     "KD.TEACHER.INIT_STUDENT copies the teacher's tensors into the student, but no loss in KD.LOSSES reads a "
     "teacher, so none is loaded: add a loss that reads one, or set KD.TEACHER.INIT_STUDENT to False."

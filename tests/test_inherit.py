@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from conftest import STUDENT_CONFIG, TEACHER_CONFIG, load_config
 from kddet.dry_run import dry_run
 from kddet.engine import Trainer
-from kddet.inherit import NO_TEACHER, inherit_from_teacher
+from kddet.inherit import NO_TEACHER, NOTHING_INHERITED, inherit_from_teacher
 from kddet.modeling import DistillationRCNN
 
 # The shapes student with the teacher's FPN and box-head widths: its FPN output convs, RPN head and
@@ -89,7 +89,9 @@ def test_check_reports_the_inheritance(teacher_weights, tmp_path):
     report, num_errors = dry_run(inheriting_cfg(teacher_weights, tmp_path), flops=False)
     assert num_errors == 0 and "KD.TEACHER.INIT_STUDENT: " in report
     assert "not copied: backbone.fpn_lateral2.weight (shapes differ: teacher (128, 32, 1, 1)" in report
-    report, num_errors = dry_run(
-        inheriting_cfg(teacher_weights, tmp_path, "KD.LOSSES", ["VirtualTeacher"]), flops=False
-    )
+    narrow = inheriting_cfg(teacher_weights, tmp_path, "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 256)
+    report, num_errors = dry_run(narrow, flops=False)
+    assert num_errors == 0 and f"WARNING: {NOTHING_INHERITED}" in report and "0 teacher tensor(s) copied" in report
+    no_teacher = inheriting_cfg(teacher_weights, tmp_path, "KD.LOSSES", ["VirtualTeacher"])
+    report, num_errors = dry_run(no_teacher, flops=False)
     assert num_errors == 1 and NO_TEACHER in report
