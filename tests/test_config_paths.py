@@ -52,7 +52,7 @@ def test_paths_relative_to_the_working_directory_and_model_zoo_names_stay_as_wri
 def test_recipes_resolve_from_the_repository_root_as_before(monkeypatch):
     monkeypatch.chdir(REPO)
     for folder, teacher in (("shapes", "teacher_slim_r18"), ("voc", "teacher_R101"), ("coco", "teacher_R101")):
-        cfg = load_config(REPO / f"configs/{folder}/fitnet.yaml")
+        cfg = load_config(REPO / f"configs/{folder}/chen2017.yaml")
         assert cfg.KD.TEACHER.CONFIG_FILE == f"configs/{folder}/{teacher}.yaml"
         assert cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN"
 

@@ -96,7 +96,7 @@ def test_the_exported_config_rebuilds_the_student_with_its_weights(distilled, tm
 
 def test_a_student_on_detectron2s_backbone_gets_a_config_plain_detectron2_reads(distilled, tmp_path):
     _, checkpoint = distilled
-    recipe = REPO / "configs/voc/fitnet.yaml"  # R-18 student on detectron2's build_resnet_fpn_backbone
+    recipe = REPO / "configs/voc/chen2017.yaml"  # R-18 student on detectron2's build_resnet_fpn_backbone
     assert export_student.main([str(checkpoint), str(tmp_path / "student.pth"), "--config-file", str(recipe)]) == 0
     cfg = get_cfg()
     cfg.merge_from_file(str(tmp_path / "student.yaml"))

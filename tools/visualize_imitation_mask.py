@@ -3,7 +3,7 @@
 per anchored level (the image, its GT boxes, and the locations FGFI imitates shaded).
 
     python tools/visualize_imitation_mask.py --config-file configs/shapes/fgfi.yaml --num-images 8
-    python tools/visualize_imitation_mask.py --config-file configs/voc/fgfi.yaml \\
+    python tools/visualize_imitation_mask.py --config-file configs/voc/Base-Distill.yaml \\
         --dataset voc_2007_trainval --output output/masks/voc KD.FGFI.MAX_IOU_PER_LEVEL True
 
 The masks come from the student config's backbone and anchor generator and its KD.FGFI options;
