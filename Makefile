@@ -12,17 +12,16 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 5 seeds, and
-# results/embedded_scratch.*: the slim student from scratch and every loss over 5 or 3 (tools/make_results.py).
+# results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 10 (student), 5 or 3
+# seeds, and results/embedded_scratch.*: the slim student from scratch and every loss (kddet/benchmarks/).
 results: setup
-	$(PY) tools/make_results.py
-	$(PY) tools/make_results.py --benchmark scratch
+	$(PY) -m kddet.benchmarks.results
+	$(PY) -m kddet.benchmarks.results --benchmark scratch
 
 results-cpu-short: setup
-	$(PY) tools/make_results.py --benchmark scratch --schedule cpu-short
+	$(PY) -m kddet.benchmarks.results --benchmark scratch --schedule cpu-short
 
-# results/ablation_<study>.md: the option studies of tools/ablate.py (they reuse the table's runs).
+# results/ablations/<study>.md and .json: every option study of kddet/benchmarks/studies.py, each with its
+# own seeds (they reuse the tables' runs).
 ablations: setup
-	$(PY) tools/ablate.py variance variance_pretrained --seeds 1 2 3 4 5
-	$(PY) tools/ablate.py fitnet fgfi balance fast_teacher fast_teacher_nst
-	$(PY) tools/ablate.py pretrained fgfi_pretrained card_pretrained combined_pretrained heads_pretrained clip_pretrained gap_pretrained nst_clip_pretrained
+	$(PY) -m kddet.benchmarks.ablate all

@@ -7,12 +7,13 @@ once, each on half the cores, once the teacher is trained), each ending with COC
 kddet_shapes_val, then prints their box AP side by side and how far the student alone moves between
 seeds according to a committed results table of that student (results/embedded_scratch.json, or
 else a custom table of the same benchmark), whose student runs are the demo's while the two
-fingerprints of the student's settings match, so the gain can be read against that spread. Runs go to output/demo/<name>/ (log.txt,
-metrics.json, model_final.pth).
+fingerprints of the student's settings match, so the gain can be read against that spread. Runs go
+to output/demo/<name>/ (log.txt, metrics.json, model_final.pth).
 
     python tools/demo.py
     python tools/demo.py --device cuda
 """
+
 import argparse
 import json
 import os
@@ -23,34 +24,46 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_results  # noqa: E402  (tools/ is not a package)
+import kddet
 
-REPO = make_results.REPO
+kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
+
+from kddet.benchmarks import cache, schedule  # noqa: E402
+
+REPO = schedule.REPO
 # Tables of the slim student from scratch, as here: the full one first, then one of some recipes.
 RESULTS = [REPO / "results/embedded_scratch.json", REPO / "results/embedded_scratch_custom.json"]
 RUNS = [  # (name, config, title, distilled from the teacher)
     ("teacher", "configs/shapes/teacher_slim_r18.yaml", "teacher (slim R18, FPN 128)", False),
     ("student", "configs/shapes/student_slim_r8.yaml", "student alone (slim R8, FPN 64)", False),
-    ("combined", "configs/shapes/combined.yaml", "student + combined recipe (NST, SP, Chen et al.'s head losses)", True),
+    (
+        "combined",
+        "configs/shapes/combined.yaml",
+        "student + combined recipe (NST, SP, Chen et al.'s head losses)",
+        True,
+    ),
 ]
-# make_results' "demo" schedule, to fit in ten minutes on a 2-core CPU: the teacher a sixth of its
+# The results tables' "demo" schedule, to fit in ten minutes on a 2-core CPU: the teacher a sixth of its
 # config's 2400 iterations, the students their configs' 300; results/embedded_scratch.md has the full teacher.
-TEACHER_ITERS, STUDENT_ITERS = make_results.schedule_iters("demo")
+TEACHER_ITERS, STUDENT_ITERS = schedule.schedule_iters("demo")
 
 
-def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Path, device: str, threads: int = 0) -> dict:
+def train_and_evaluate(
+    name: str, config: str, distilled: bool, output_root: Path, device: str, threads: int = 0
+) -> dict:
     """One tools/train_net.py run (on ``threads`` CPU threads, 0: torch's default); its progress lines
     are echoed, its results read from metrics.json."""
     out_dir = output_root / name
     iters = TEACHER_ITERS if name == "teacher" else STUDENT_ITERS
-    opts = ["OUTPUT_DIR", out_dir, "MODEL.DEVICE", device, *make_results.schedule_opts(REPO / config, iters)]
+    opts = ["OUTPUT_DIR", out_dir, "MODEL.DEVICE", device, *schedule.schedule_opts(REPO / config, iters)]
     if distilled:
         opts += ["KD.TEACHER.WEIGHTS", output_root / "teacher" / "model_final.pth"]
     command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", config, *map(str, opts)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     start = time.perf_counter()
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         tail = []
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
@@ -61,16 +74,19 @@ def train_and_evaluate(name: str, config: str, distilled: bool, output_root: Pat
     metrics = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
     final = next(m for m in reversed(metrics) if "bbox/AP" in m)
     return {
-        "AP": final["bbox/AP"], "AP50": final["bbox/AP50"], "AP75": final["bbox/AP75"],
-        "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1, "minutes": (time.perf_counter() - start) / 60,
+        "AP": final["bbox/AP"],
+        "AP50": final["bbox/AP50"],
+        "AP75": final["bbox/AP75"],
+        "iters": max(m["iteration"] for m in metrics if "total_loss" in m) + 1,
+        "minutes": (time.perf_counter() - start) / 60,
         "config": config,
     }
 
 
 def student_settings() -> str:
-    """The fingerprint of what the demo's student trains (make_results.student_settings)."""
+    """The fingerprint of what the demo's student trains (kddet.benchmarks.cache.student_settings)."""
     _, config, _, _ = RUNS[1]
-    return make_results.student_settings(REPO / config, STUDENT_ITERS)
+    return cache.student_settings(REPO / config, STUDENT_ITERS)
 
 
 def student_spread(results: Optional[dict], settings: str) -> Optional[dict]:
@@ -93,16 +109,22 @@ def quoted_spread(settings: str) -> Tuple[Optional[dict], Optional[Path]]:
     return None, None
 
 
-def format_table(rows: dict, student: Optional[dict], source: Optional[Path] = None, table_is_stale: bool = False) -> str:
+def format_table(
+    rows: dict, student: Optional[dict], source: Optional[Path] = None, table_is_stale: bool = False
+) -> str:
     lines = ["| model | iters | train+eval (min) | AP | AP50 | AP75 |", "|---|---:|---:|---:|---:|---:|"]
     for name, _, title, _ in RUNS:
         r = rows[name]
-        lines.append(f"| {title} | {r['iters']} | {r['minutes']:.1f} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} |")
+        lines.append(
+            f"| {title} | {r['iters']} | {r['minutes']:.1f} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} |"
+        )
     gap = rows["teacher"]["AP"] - rows["student"]["AP"]
     gain = rows["combined"]["AP"] - rows["student"]["AP"]
     if gap > 0:
-        lines.append(f"\nTeacher-student gap {gap:.1f} AP; the combined recipe changes the student by {gain:+.1f} AP "
-                     f"({100 * gain / gap:+.0f}% of the gap).")
+        lines.append(
+            f"\nTeacher-student gap {gap:.1f} AP; the combined recipe changes the student by {gain:+.1f} AP "
+            f"({100 * gain / gap:+.0f}% of the gap)."
+        )
     if student:
         lines.append(
             f"Seed to seed, the student alone scores {student['AP']:.1f} ± {student['AP_std']:.1f} AP over "
@@ -111,8 +133,9 @@ def format_table(rows: dict, student: Optional[dict], source: Optional[Path] = N
         )
     elif table_is_stale:
         lines.append(
-            "results/embedded_scratch.md was made with other student settings than this demo's (an older commit's), so it "
-            "says nothing of this student's seed spread: `python tools/make_results.py --benchmark scratch` regenerates it."
+            "results/embedded_scratch.md was made with other student settings than this demo's (an older commit's), "
+            "so it says nothing of this student's seed spread: "
+            "`python -m kddet.benchmarks.results --benchmark scratch` regenerates it."
         )
     return "\n".join(lines)
 
@@ -130,8 +153,10 @@ def main() -> None:
     parallel = args.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
     threads = len(os.sched_getaffinity(0)) // 2 if parallel else 0
     with ThreadPoolExecutor(2 if parallel else 1) as pool:
-        jobs = {name: pool.submit(train_and_evaluate, name, config, distilled, output_root, args.device, threads)
-                for name, config, _, distilled in students}
+        jobs = {
+            name: pool.submit(train_and_evaluate, name, config, distilled, output_root, args.device, threads)
+            for name, config, _, distilled in students
+        }
         rows.update({name: job.result() for name, job in jobs.items()})
     (output_root / "results.json").write_text(json.dumps(rows, indent=2))
     student, source = quoted_spread(student_settings())
