@@ -22,7 +22,7 @@ from .inherit import NOTHING_INHERITED, inheritance_plan
 from .losses import losses_need_teacher
 from .model_zoo import config_file, is_url, not_downloaded, weights_available
 from .modeling import DistillationRCNN
-from .validation import DISTILLATION_ARCH, distillation_problems, distillation_summary
+from .recipe_checks import DISTILLATION_ARCH, distillation_problems, distillation_summary
 
 __all__ = ["dry_run"]
 

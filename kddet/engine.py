@@ -17,7 +17,7 @@ from .data.fixed_stream import build_fixed_train_loader
 from .evaluation import build_evaluator, check_test_datasets
 from .inherit import inherit_from_teacher
 from .modeling.memory_format import use_channels_last
-from .validation import check_distillation, distillation_summary
+from .recipe_checks import check_distillation, distillation_summary
 
 __all__ = ["Trainer", "check_resumable", "create_ddp_model", "divergence_hint", "setup_cfg", "student_only"]
 

@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
 from kddet.dry_run import dry_run
 from kddet.engine import Trainer
-from kddet.validation import check_distillation, distillation_problems, distillation_summary
+from kddet.recipe_checks import check_distillation, distillation_problems, distillation_summary
 
 SHAPES = REPO / "configs/shapes"
 RECIPES = sorted(p for p in REPO.glob("configs/**/*.yaml") if load_config(p).KD.LOSSES)
