@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 
-from kddet.benchmarks.ablate import write_study
+from kddet.benchmarks.ablate import report_study, write_study
 from kddet.benchmarks.report import format_ablation, format_markdown, format_per_class
 from kddet.benchmarks.results import command_line, report_only, rerender, write_table
 from kddet.benchmarks.stats import summarize
@@ -148,6 +148,9 @@ def test_ablation_rows_follow_the_variants_with_deltas_against_the_first_row(tmp
     path = write_study(tmp_path, STUDY, {"AP": 40.0}, rows, setting)
     assert path == tmp_path / "ablations/fitnet.md" and path.read_text() == table
     assert json.loads(path.with_suffix(".json").read_text())["rows"][2]["runs"][0]["AP"] == 29
+    assert report_study(tmp_path, STUDY) == path
+    again = path.read_text()
+    assert after_header(again) == after_header(table) and "--report-only fitnet" in again
 
 
 def test_the_ablation_table_names_each_variant_in_its_per_class_table():

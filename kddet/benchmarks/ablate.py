@@ -32,8 +32,9 @@ from kddet.losses import losses_need_teacher  # noqa: E402
 
 from .recipes import BENCHMARKS, SEEDS, all_recipes, config_of, run_folder, seeds_of  # noqa: E402
 from .report import format_ablation  # noqa: E402
-from .results import command_line  # noqa: E402
-from .runner import Runner, convert_missing_weights, evaluate_teacher, generate_splits, train_teacher  # noqa: E402
+from .results import command_line, rerender  # noqa: E402
+from .runner import Runner, convert_missing_weights, evaluate_teacher, generate_splits, git_commit  # noqa: E402
+from .runner import train_teacher  # noqa: E402
 from .schedule import REPO, STUDENT_CONFIG, schedule_opts  # noqa: E402
 from .stats import summarize  # noqa: E402
 from .studies import STUDIES, Study  # noqa: E402
@@ -70,6 +71,20 @@ def write_study(results_dir: Path, study: Study, teacher: dict, rows: List[dict]
     return path
 
 
+def report_study(results_dir: Path, study: Study) -> Path:
+    """Render ``study``'s table again from its JSON, without training."""
+    path = results_dir / "ablations" / f"{study.name}.json"
+    if not path.is_file():
+        sys.exit(f"No {path}: tables made before the studies' JSON have none; run `{COMMAND} {study.name}`.")
+    table = json.loads(path.read_text())
+    if len(table["rows"]) != len(study.variants) + 1:
+        sys.exit(f"{path} has {len(table['rows']) - 1} variants, the study {len(study.variants)}: run it again.")
+    teacher, rows, _ = rerender(table)
+    command = f"{COMMAND} --report-only {study.name}"
+    setting = dict(table["setting"], rendered={"command": command, "commit": git_commit()})
+    return write_study(results_dir, study, teacher, rows, setting)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,8 +101,16 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, help="trainings at a time (default: 2 on cpu, 1 on cuda)")
     parser.add_argument("--output", default=str(REPO / "output/results"), help="folder of the results tables' runs")
     parser.add_argument("--results-dir", default=str(REPO / "results"))
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: render the studies' tables again from their JSON (results/ablations/<study>.json)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     studies = [STUDIES[name] for name in (STUDIES if "all" in args.studies else dict.fromkeys(args.studies))]
+    if args.report_only:
+        for study in studies:
+            print(f"Rendered {report_study(Path(args.results_dir), study)} again from its JSON")
+        return
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
     generate_splits()
     jobs = args.jobs or (2 if args.device == "cpu" else 1)
