@@ -1,11 +1,13 @@
 """``tools/train_net.py --check``: everything a training run would check before its first step,
 reported at once and without a traceback, then the distillation summary with FLOPs.
 
-The model is built as training builds it. Where the teacher's weights are missing, a teacher of
+The model is built as training builds it, and every data set in ``DATASETS.TEST`` is loaded and
+checked as the trainer checks it before its first step. Where the teacher's weights are missing, a teacher of
 the same config with random weights stands in, so that the losses, feature levels and anchors are
 still checked; where ``MODEL.META_ARCHITECTURE`` ignores ``KD.LOSSES``, the recipe is checked as
 the ``DistillationRCNN`` it was meant to be.
 """
+
 import contextlib
 import logging
 import os
@@ -18,6 +20,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from .complexity import inference_gflops
+from .evaluation import check_test_dataset
 from .inherit import NOTHING_INHERITED, inheritance_plan
 from .losses import losses_need_teacher
 from .model_zoo import config_file, is_url, not_downloaded, weights_available
@@ -66,6 +69,23 @@ def _student_weights_error(cfg: CfgNode) -> Optional[str]:
     )
 
 
+def _test_dataset_errors(cfg: CfgNode) -> List[str]:
+    """Why each data set of ``DATASETS.TEST`` that training would refuse cannot be evaluated or loaded."""
+    errors = []
+    for dataset_name in cfg.DATASETS.TEST:
+        try:
+            check_test_dataset(cfg, dataset_name)
+        except ValueError as error:
+            errors.append(str(error))
+        except OSError as error:  # a file the loader needs is missing or unreadable
+            errors.append(
+                f"Data set '{dataset_name}' in DATASETS.TEST could not be loaded ({type(error).__name__}: {error}). "
+                "Put its files where its registration reads them (detectron2's builtin data sets: under "
+                "$DETECTRON2_DATASETS, see datasets/README.md), or remove it from DATASETS.TEST."
+            )
+    return errors
+
+
 def _gflops(cfg: CfgNode, model: nn.Module) -> Dict[str, float]:
     """GFLOPs of one inference of student and teacher on a random image of the student's test
     size (square, ``INPUT.MIN_SIZE_TEST`` capped at ``INPUT.MAX_SIZE_TEST``)."""
@@ -106,6 +126,7 @@ def dry_run(cfg: CfgNode, flops: bool = True) -> Tuple[str, int]:
         except (ValueError, FileNotFoundError) as error:
             if str(error) not in errors:  # an unknown loss name stops the build too
                 errors.append(str(error))
+        errors += _test_dataset_errors(cfg)
     warnings += logged
     student_weights = _student_weights_error(cfg)
     if student_weights:

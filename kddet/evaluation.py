@@ -3,11 +3,12 @@
 A detection data set that sets no ``evaluator_type`` (``register_pascal_voc`` and most user
 registrations set none) is scored with COCO box AP: detectron2's COCOEvaluator converts any
 registered detection data set. A data set in ``DATASETS.TEST`` that cannot be evaluated stops
-training before the first iteration, not after the last.
+training before the first iteration, not after the last, and ``tools/train_net.py --check`` reports it.
 """
+
 import logging
 import os
-from typing import Set
+from typing import Set, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -15,12 +16,18 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDete
 
 from .compat import HAS_DETECTRON2_C
 
-__all__ = ["build_evaluator", "check_test_datasets", "evaluator_type", "warn_if_detections_capped"]
+__all__ = [
+    "build_evaluator",
+    "check_test_dataset",
+    "check_test_datasets",
+    "evaluator_type",
+    "warn_if_detections_capped",
+]
 
 logger = logging.getLogger(__name__)
 
 EVALUATOR_TYPES = ("coco", "pascal_voc")
-_checked_caps: Set[str] = set()  # data sets whose ground truth was compared with the cap
+_checked_caps: Set[Tuple[str, int]] = set()  # (data set, cap) pairs whose ground truth was compared
 
 
 def evaluator_type(dataset_name: str) -> str:
@@ -34,6 +41,10 @@ def evaluator_type(dataset_name: str) -> str:
             f"(DatasetCatalog.register, detectron2's register_coco_instances, kddet.data.register_voc_folder), {remedy}"
         )
     metadata = MetadataCatalog.get(dataset_name)
+    if metadata.get("evaluator_type", None) is None and not metadata.get("thing_classes", None):
+        # A data set registered lazily may set its metadata only as it loads (detectron2's
+        # load_coco_json sets thing_classes then): load it before concluding that it has none.
+        DatasetCatalog.get(dataset_name)
     kind = metadata.get("evaluator_type", None)
     if kind in EVALUATOR_TYPES:
         return kind
@@ -51,17 +62,17 @@ def evaluator_type(dataset_name: str) -> str:
 
 
 def warn_if_detections_capped(cfg: CfgNode, dataset_name: str) -> None:
-    """Warn, once per data set and process, when an image of the data set has more ground-truth
+    """Warn, once per data set, cap and process, when an image of the data set has more ground-truth
     boxes than the model may detect (``TEST.DETECTIONS_PER_IMAGE``): its recall, and so its AP,
     is capped without a word otherwise."""
-    if dataset_name in _checked_caps:
-        return
-    _checked_caps.add(dataset_name)
     cap = cfg.TEST.DETECTIONS_PER_IMAGE
+    if (dataset_name, cap) in _checked_caps:
+        return
     counts = {
         record["file_name"]: sum(1 for a in record.get("annotations", ()) if not a.get("iscrowd", 0))
         for record in DatasetCatalog.get(dataset_name)
     }
+    _checked_caps.add((dataset_name, cap))  # only once loaded: a set that failed to load is checked again
     over = {file_name: count for file_name, count in counts.items() if count > cap}
     if over:
         most = max(over, key=over.get)
@@ -72,12 +83,18 @@ def warn_if_detections_capped(cfg: CfgNode, dataset_name: str) -> None:
         )
 
 
+def check_test_dataset(cfg: CfgNode, dataset_name: str) -> None:
+    """Raise if ``dataset_name`` cannot be evaluated (ValueError) or loaded (the loader's error),
+    and warn if its ground truth outnumbers the detections the model may keep."""
+    evaluator_type(dataset_name)
+    warn_if_detections_capped(cfg, dataset_name)
+
+
 def check_test_datasets(cfg: CfgNode) -> None:
     """Stop now if a data set in ``DATASETS.TEST`` cannot be evaluated, and warn about capped
     detections, rather than when training ends."""
     for dataset_name in cfg.DATASETS.TEST:
-        evaluator_type(dataset_name)
-        warn_if_detections_capped(cfg, dataset_name)
+        check_test_dataset(cfg, dataset_name)
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:

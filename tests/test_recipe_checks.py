@@ -1,19 +1,24 @@
 """A recipe that would distil nothing does not train silently: the distillation settings are
 checked when the trainer builds the model, and ``tools/train_net.py --check`` reports them all."""
+
 import logging
 
 import pytest
 import torch
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
+from kddet.data import register_voc_folder
 from kddet.dry_run import dry_run
 from kddet.engine import Trainer
+from kddet.losses import KD_LOSS_REGISTRY, losses_need_teacher
 from kddet.recipe_checks import check_distillation, distillation_problems, distillation_summary
 
 SHAPES = REPO / "configs/shapes"
-RECIPES = sorted(p for p in REPO.glob("configs/**/*.yaml") if load_config(p).KD.LOSSES)
+CONFIGS = sorted(REPO.glob("configs/**/*.yaml"))
+RECIPES = [p for p in CONFIGS if load_config(p).KD.LOSSES]
 CONFIG_ID = lambda path: str(path.relative_to(REPO / "configs").with_suffix(""))  # noqa: E731
 
 
@@ -133,7 +138,7 @@ def test_the_training_log_has_the_summary(teacher_weights, caplog):
     assert "| RPNSoftCls " in summary and "| 1 - MU 0.5 " in summary and "| RPN " in summary
     assert "| FitNet " in summary and "| p2 p3 p4 p5 p6 " in summary and "| features " in summary
     teacher_params = sum(p.numel() for p in model.teacher.parameters()) / 1e6
-    assert f"| teacher " in summary and f"{teacher_params:.2f} |" in summary
+    assert "| teacher " in summary and f"{teacher_params:.2f} |" in summary
     assert "GFLOPs" not in summary  # FLOPs are the dry run's
 
 
@@ -145,20 +150,45 @@ def test_the_summary_says_which_losses_are_balanced():
     assert "KD.BALANCE" not in distillation_summary(load_config(SHAPES / "combined.yaml"))
 
 
-@pytest.mark.parametrize("config", RECIPES, ids=CONFIG_ID)
-def test_the_dry_run_summarises_every_recipe(config, monkeypatch, tmp_path):
-    """Teacher (and VOC/COCO ImageNet) weights do not exist here: each is one error line, and the
-    rest of the recipe is still built and summarised."""
-    monkeypatch.chdir(REPO)  # recipes name their teacher config relative to the repository
-    cfg = load_config(config)
+def assert_passes_the_dry_run_but_for_absent_files(cfg, tmp_path):
+    """Teacher weights, VOC/COCO ImageNet weights and the VOC and COCO data sets do not exist here:
+    each is one error line, and the rest of the config is still built, checked and summarised."""
     if cfg.KD.TEACHER.WEIGHTS:  # never a checkpoint a local run left at the recipe's path
         cfg.KD.TEACHER.WEIGHTS = str(tmp_path / "missing_teacher.pth")
     report, num_errors = dry_run(cfg, flops=False)
     errors = [line for line in report.splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == num_errors
-    assert all(e.startswith(("ERROR: Teacher weights not found", "ERROR: MODEL.WEIGHTS not found")) for e in errors)
+    absent = ("ERROR: Teacher weights not found", "ERROR: MODEL.WEIGHTS not found")
+    absent_data = tuple(f"ERROR: Data set '{name}' in DATASETS.TEST could not be loaded" for name in ABSENT_DATA)
+    assert all(e.startswith(absent + absent_data) for e in errors), errors
     assert all(f"| {name} " in report for name in cfg.KD.LOSSES)
-    assert "| student " in report and ("| teacher " in report) == (cfg.KD.LOSSES != ["VirtualTeacher"])
+    assert "| student " in report and ("| teacher " in report) == losses_need_teacher(cfg)
+
+
+ABSENT_DATA = ("voc_2007_test", "coco_2017_val")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_ID)
+def test_every_config_passes_the_dry_run(config, monkeypatch, tmp_path, datasets_root):
+    monkeypatch.chdir(REPO)  # recipes name their teacher config relative to the repository
+    assert_passes_the_dry_run_but_for_absent_files(load_config(config), tmp_path)
+
+
+@pytest.mark.parametrize("loss", [name for name, _ in KD_LOSS_REGISTRY])
+def test_any_loss_at_its_defaults_over_base_distill_passes_the_dry_run(loss, teacher_weights, tmp_path, datasets_root):
+    """configs/README.md: a one-loss recipe is KD.LOSSES on the command line, as the shell passes it."""
+    opts = ("KD.LOSSES", f'["{loss}"]', "KD.TEACHER.WEIGHTS", str(teacher_weights))
+    cfg = load_config(SHAPES / "Base-Distill.yaml", *opts)
+    assert list(cfg.KD.LOSSES) == [loss]
+    report, num_errors = dry_run(cfg, flops=False)
+    assert num_errors == 0 and f"| {loss} " in report, report
+
+
+def test_losses_over_the_voc_base_pass_the_dry_run(monkeypatch, tmp_path, datasets_root):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "configs/voc/Base-Distill.yaml", "KD.LOSSES", '["FGFI", "NST"]', "KD.NST.WEIGHT", "50.0")
+    assert list(cfg.KD.LOSSES) == ["FGFI", "NST"] and cfg.KD.NST.WEIGHT == 50.0
+    assert_passes_the_dry_run_but_for_absent_files(cfg, tmp_path)
 
 
 def test_check_prints_everything_wrong_and_does_not_train(tmp_path, datasets_root):
@@ -171,10 +201,10 @@ def test_check_prints_everything_wrong_and_does_not_train(tmp_path, datasets_roo
     assert "Traceback" not in proc.stderr and "Starting training" not in proc.stdout + proc.stderr
     assert not out.exists()
     lines = proc.stdout.splitlines()
-    arch_error = 'ERROR: KD.LOSSES is [\'FitNet\'], but MODEL.META_ARCHITECTURE "GeneralizedRCNN" ignores it'
-    assert any(l.startswith(arch_error) for l in lines)
-    assert any(l.startswith(f"ERROR: Teacher weights not found: '{tmp_path / 'missing.pth'}'") for l in lines)
-    assert any(l.startswith("WARNING: FitNet can never act: KD.FITNET.WEIGHT is 0") for l in lines)
+    arch_error = "ERROR: KD.LOSSES is ['FitNet'], but MODEL.META_ARCHITECTURE \"GeneralizedRCNN\" ignores it"
+    assert any(line.startswith(arch_error) for line in lines)
+    assert any(line.startswith(f"ERROR: Teacher weights not found: '{tmp_path / 'missing.pth'}'") for line in lines)
+    assert any(line.startswith("WARNING: FitNet can never act: KD.FITNET.WEIGHT is 0") for line in lines)
     assert "| FitNet " in proc.stdout and "GFLOPs / image" in proc.stdout
     assert lines[-1] == "2 error(s), 1 warning(s): fix the errors before training."
 
@@ -187,3 +217,25 @@ def test_check_of_a_sound_recipe_exits_zero(teacher_weights, tmp_path, datasets_
     assert f"teacher weights (KD.TEACHER.WEIGHTS): {teacher_weights}\n" in proc.stdout
     assert "| FGFI " in proc.stdout and "| 50 " in proc.stdout and "| features + RPN " in proc.stdout
     assert proc.stdout.splitlines()[-1] == "0 error(s), 0 warning(s): ready to train."
+
+
+def test_the_dry_run_checks_the_test_sets_as_training_does(teacher_weights, tmp_path, datasets_root):
+    """What the trainer refuses before its first step (kddet.evaluation.check_test_datasets), --check
+    reports: a test set that is not registered, one whose files are missing, capped detections."""
+    register_voc_folder("kddet_test_check_missing_voc", str(tmp_path / "no_voc"), "test", 2012, ["thing"])
+    crowded = "kddet_test_check_crowded"
+    boxes = [{"bbox": [i, i, i + 4, i + 4], "bbox_mode": 0, "category_id": 0} for i in range(3)]
+    DatasetCatalog.register(crowded, lambda: [{"file_name": "a.png", "height": 32, "width": 32, "annotations": boxes}])
+    MetadataCatalog.get(crowded).set(thing_classes=["thing"], evaluator_type="coco")
+    tests = "('kddet_test_check_unregistered', 'kddet_test_check_missing_voc', 'kddet_test_check_crowded')"
+    cfg = recipe("fitnet", teacher_weights, "DATASETS.TEST", tests, "TEST.DETECTIONS_PER_IMAGE", 2)
+    report, num_errors = dry_run(cfg, flops=False)
+    lines = report.splitlines()
+    assert num_errors == 2 and lines[-1].startswith("2 error(s)"), report
+    assert "ERROR: Data set 'kddet_test_check_unregistered' in DATASETS.TEST is not registered." in report
+    missing = "ERROR: Data set 'kddet_test_check_missing_voc' in DATASETS.TEST could not be loaded (FileNotFoundError: "
+    assert any(line.startswith(missing) and "remove it from DATASETS.TEST" in line for line in lines)
+    assert any(
+        line.startswith(f"WARNING: 1 of the 1 images of '{crowded}' have more ground-truth boxes") for line in lines
+    )
+    assert dry_run(recipe("fitnet", teacher_weights), flops=False)[1] == 0  # kddet_shapes_val loads and is scored

@@ -4,10 +4,13 @@ detectron2's VOC loader names every image ``JPEGImages/<id>.jpg``, fails on a sp
 line (``np.loadtxt`` returns a 0-d array) and stops with a bare ``ValueError`` on a class it was
 not given. ``load_voc_folder`` reads the same layout into the same dicts, finds each image whatever
 its extension (or takes one for all), and stops on a missing file, an unknown class, a box outside
-its image or an empty split with a message naming the file to fix. detectron2's builtin VOC names
-(``voc_2007_trainval``, ...) are left as they are.
+its image, a coordinate that is not an integer (detectron2's VOC evaluator reads them with ``int``,
+so it would fail only once training is over) or an empty split with a message naming the file to
+fix. detectron2's builtin VOC names (``voc_2007_trainval``, ...) are left as they are.
 """
+
 import os
+import re
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Sequence
 
@@ -51,13 +54,39 @@ def _split_ids(dirname: str, split: str) -> List[str]:
     return ids
 
 
+def _line_of(xml_file: str, tag: str, text: str) -> str:
+    """The suffix ', line N' naming the line of the first ``<tag>text</tag>`` in ``xml_file``; empty
+    if the element spans lines."""
+    element = re.compile(rf"<{tag}>\s*{re.escape(text)}\s*</{tag}>")
+    with open(xml_file) as f:
+        for number, line in enumerate(f, 1):
+            if element.search(line):
+                return f", line {number}"
+    return ""
+
+
+def _integer(xml_file: str, tree: ET.Element, path: str) -> int:
+    """The integer at ``path`` of the annotation; ValueError naming the file, the line and the fix
+    when it is not written as one."""
+    text = (tree.findtext(path) or "").strip()
+    try:
+        return int(text)
+    except ValueError:
+        tag = path.rsplit("/", 1)[-1]
+        raise ValueError(
+            f"{xml_file}{_line_of(xml_file, tag, text)}: <{tag}> is '{text}', not an integer. VOC annotations give "
+            "sizes and boxes in whole pixels (1-based), and detectron2's VOC evaluator reads them as integers: "
+            "round the value in the file (a converter that writes floats should round them)."
+        ) from None
+
+
 def _read_annotation(xml_file: str, class_names: Sequence[str]) -> dict:
     """One image's size and boxes (0-based XYXY; VOC's are 1-based inclusive pixel indices, so
     xmin=1, xmax=W covers the whole image); difficult objects are kept, as detectron2 keeps them."""
     if not os.path.isfile(xml_file):
         raise FileNotFoundError(f"No annotation {xml_file}: write it, or remove its id from the split file.")
     tree = ET.parse(xml_file)
-    width, height = int(tree.findtext("./size/width")), int(tree.findtext("./size/height"))
+    width, height = _integer(xml_file, tree, "./size/width"), _integer(xml_file, tree, "./size/height")
     annotations = []
     for obj in tree.findall("object"):
         name = obj.findtext("name").strip()
@@ -66,14 +95,18 @@ def _read_annotation(xml_file: str, class_names: Sequence[str]) -> dict:
                 f"{xml_file} has an object of class '{name}', which is not among the classes {list(class_names)}: "
                 "add it to the class list, or correct the name in the file."
             )
-        x0, y0, x1, y1 = (float(obj.findtext(f"bndbox/{side}")) for side in ("xmin", "ymin", "xmax", "ymax"))
+        x0, y0, x1, y1 = (_integer(xml_file, obj, f"bndbox/{side}") for side in ("xmin", "ymin", "xmax", "ymax"))
         if not (1 <= x0 <= x1 <= width and 1 <= y0 <= y1 <= height):
             raise ValueError(
                 f"{xml_file} has a '{name}' box (xmin {x0:g}, ymin {y0:g}, xmax {x1:g}, ymax {y1:g}) outside its "
                 f"{width}x{height} image (VOC boxes are 1-based pixel indices, 1 <= xmin <= xmax <= width): correct it."
             )
         annotations.append(
-            {"category_id": class_names.index(name), "bbox": [x0 - 1.0, y0 - 1.0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS}
+            {
+                "category_id": class_names.index(name),
+                "bbox": [x0 - 1.0, y0 - 1.0, float(x1), float(y1)],
+                "bbox_mode": BoxMode.XYXY_ABS,
+            }
         )
     return {"height": height, "width": width, "annotations": annotations}
 
