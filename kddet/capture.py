@@ -58,7 +58,9 @@ def _teacher_box_features(teacher: nn.Module, images: torch.Tensor, student: Map
     return heads.box_head(heads.box_pooler([records["features"][f] for f in heads.box_in_features], boxes))
 
 
-def _teacher_predictions(teacher: nn.Module, images: torch.Tensor, student: Mapping, records: Mapping) -> BoxPredictions:
+def _teacher_predictions(
+    teacher: nn.Module, images: torch.Tensor, student: Mapping, records: Mapping
+) -> BoxPredictions:
     return BoxPredictions(*teacher.roi_heads.box_predictor(records["box_features"]))
 
 
@@ -92,7 +94,8 @@ _BOX_HEAD = ("roi_heads.box_in_features", "roi_heads.box_pooler", "roi_heads.box
 
 # In the order the teacher computes them (a kind after those it uses).
 RECORD_KINDS: Dict[str, RecordKind] = {
-    "features": RecordKind("features", "backbone", teacher=_teacher_features, teacher_parts=("backbone",)),  # FPN levels
+    # FPN levels
+    "features": RecordKind("features", "backbone", teacher=_teacher_features, teacher_parts=("backbone",)),
     "anchors": RecordKind("RPN", "proposal_generator.anchor_generator"),  # list of Boxes, one per level
     "rpn": RecordKind(
         "RPN", "proposal_generator.rpn_head", lambda output: RPNOutputs(*output), _teacher_rpn,

@@ -36,8 +36,7 @@ class Trainer(DefaultTrainer):
         # find_unused_parameters stays False (no search of the graph every step): every parameter
         # reaches the loss at every step. The detector's own losses use all of the student, and a
         # loss with adapters that has nothing to add on a step returns its term times zero, not no
-        # term (FGFI in warm-up, KD.BALANCE while measuring). tests/test_multiprocess.py trains every
-        # shapes recipe in two processes with it.
+        # term (FGFI in warm-up, KD.BALANCE while measuring): DDP then finds every gradient it waits for.
         with mock.patch.object(defaults, "create_ddp_model", create_ddp_model):
             super().__init__(cfg)
 

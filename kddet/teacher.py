@@ -29,7 +29,9 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     """The teacher's own config (``KD.TEACHER.CONFIG_FILE``), on the student's device."""
     path = cfg.KD.TEACHER.CONFIG_FILE
     if not path:
-        raise ValueError("KD.LOSSES needs a teacher, but KD.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file.")
+        raise ValueError(
+            "KD.LOSSES needs a teacher, but KD.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file."
+        )
     resolved = config_file(path)
     if resolved is None:
         raise FileNotFoundError(
@@ -93,8 +95,12 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     if load_weights:
         parameters = sum(p.numel() for p in teacher.parameters())
         logger.info(
-            "Loaded teacher %s from %s (%.2f M parameters); it computes in %s%s", cfg.KD.TEACHER.CONFIG_FILE, weights,
-            parameters / 1e6, str(dtype).removeprefix("torch."), ", channels_last" if cfg.KD.TEACHER.CHANNELS_LAST else "",
+            "Loaded teacher %s from %s (%.2f M parameters); it computes in %s%s",
+            cfg.KD.TEACHER.CONFIG_FILE,
+            weights,
+            parameters / 1e6,
+            str(dtype).removeprefix("torch."),
+            ", channels_last" if cfg.KD.TEACHER.CHANNELS_LAST else "",
         )
     return teacher
 
@@ -132,7 +138,8 @@ def _load_strictly(teacher: nn.Module, weights: str) -> None:
     checkpointer._convert_ndarray_to_tensor(checkpoint.get("model", checkpoint))
     incompatible = checkpointer._load_model(checkpoint)
     mis_shaped = {k: (tuple(in_file), tuple(in_model)) for k, in_file, in_model in incompatible.incorrect_shapes}
-    missing = [k for k in incompatible.missing_keys if k not in mis_shaped]  # fvcore lists mis-shaped keys as missing too
+    # fvcore lists mis-shaped keys as missing too
+    missing = [k for k in incompatible.missing_keys if k not in mis_shaped]
     if missing or mis_shaped:
         examples = [f"{k}: {f} in the file, {m} in the config" for k, (f, m) in list(mis_shaped.items())[:3]]
         raise ValueError(
@@ -173,7 +180,9 @@ def check_teacher_matches_student(teacher_cfg: CfgNode, cfg: CfgNode) -> None:
             )
     formats = {teacher_cfg.INPUT.FORMAT, cfg.INPUT.FORMAT}
     if len(formats) > 1 and formats != {"RGB", "BGR"}:
-        raise ValueError(f"Teacher input format {teacher_cfg.INPUT.FORMAT} cannot be made from the student's {cfg.INPUT.FORMAT}.")
+        raise ValueError(
+            f"Teacher input format {teacher_cfg.INPUT.FORMAT} cannot be made from the student's {cfg.INPUT.FORMAT}."
+        )
 
 
 def _anchor_settings(rpn: nn.Module) -> Dict[str, Any]:

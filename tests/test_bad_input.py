@@ -1,4 +1,5 @@
 """A wrong teacher or loss setting stops while the model is built, with one message naming the fix."""
+
 import os
 import re
 import subprocess
@@ -61,7 +62,9 @@ def test_student_weights_given_as_teacher(tmp_path):
     torch.save({"model": build_model(load_config(STUDENT_CONFIG)).state_dict()}, student_weights)
     message = build_error(fitnet_cfg(student_weights))
     assert f"Teacher weights {student_weights} do not fit the teacher config" in message
-    counts = re.search(r"of its (\d+) tensors, (\d+) are missing from the file .* and (\d+) have another shape", message)
+    counts = re.search(
+        r"of its (\d+) tensors, (\d+) are missing from the file .* and (\d+) have another shape", message
+    )
     total, missing, reshaped = map(int, counts.groups())
     assert total == len(build_model(load_config(TEACHER_CONFIG)).state_dict())
     assert missing > 0 and reshaped > 0 and missing + reshaped <= total  # each tensor counted once
@@ -92,15 +95,26 @@ def test_unknown_loss_name_lists_the_registered_losses(teacher_weights):
     assert "registered losses:" in message and "'FitNet'" in message
 
 
-
 def test_train_net_stops_before_the_first_iteration(tmp_path, datasets_root):
     """What a user sees: the message, last in the output, and no training started."""
     missing = tmp_path / "teacher.pth"
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(FITNET_CONFIG),
-         "KD.TEACHER.WEIGHTS", str(missing), "OUTPUT_DIR", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "tools/train_net.py"),
+            "--config-file",
+            str(FITNET_CONFIG),
+            "KD.TEACHER.WEIGHTS",
+            str(missing),
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]

@@ -1,5 +1,6 @@
 """Config files a recipe names resolve like its _BASE_: against the file that names them, so a
 recipe works from any directory; paths relative to the working directory still work."""
+
 import json
 import math
 import os
@@ -35,7 +36,9 @@ def test_a_teacher_config_beside_the_recipe_resolves_from_any_directory(tmp_path
 
 
 def test_a_teacher_named_in_a_base_file_resolves_against_the_base(tmp_path, elsewhere):
-    recipe = write(tmp_path / "mine/fitnet.yaml", f'_BASE_: "{REPO}/configs/shapes/Base-Distill.yaml"\nKD:\n  LOSSES: ["FitNet"]\n')
+    recipe = write(
+        tmp_path / "mine/fitnet.yaml", f'_BASE_: "{REPO}/configs/shapes/Base-Distill.yaml"\nKD:\n  LOSSES: ["FitNet"]\n'
+    )
     assert os.path.samefile(load_config(recipe).KD.TEACHER.CONFIG_FILE, TEACHER_CONFIG)
     assert os.path.samefile(load_config(REPO / "configs/shapes/fitnet.yaml").KD.TEACHER.CONFIG_FILE, TEACHER_CONFIG)
 
@@ -45,7 +48,9 @@ def test_a_teacher_named_in_a_base_file_resolves_against_the_base(tmp_path, else
 )
 def test_paths_relative_to_the_working_directory_and_model_zoo_names_stay_as_written(written, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    recipe = write(tmp_path / "recipe.yaml", f'_BASE_: "{STUDENT_CONFIG}"\nKD:\n  TEACHER:\n    CONFIG_FILE: "{written}"\n')
+    recipe = write(
+        tmp_path / "recipe.yaml", f'_BASE_: "{STUDENT_CONFIG}"\nKD:\n  TEACHER:\n    CONFIG_FILE: "{written}"\n'
+    )
     assert load_config(recipe).KD.TEACHER.CONFIG_FILE == written
 
 
@@ -62,7 +67,9 @@ def test_an_option_on_the_command_line_is_relative_to_the_working_directory(else
     assert cfg.KD.TEACHER.CONFIG_FILE == "teacher.yaml"
 
 
-def test_train_net_runs_a_recipe_given_by_absolute_path_from_another_directory(teacher_weights, datasets_root, tmp_path):
+def test_train_net_runs_a_recipe_given_by_absolute_path_from_another_directory(
+    teacher_weights, datasets_root, tmp_path
+):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     run_train_net(

@@ -1,6 +1,7 @@
 """The data sets kddet trains and scores on: detectron2's builtin VOC 2007 and COCO 2017 loaders,
 kddet's VOC-layout folders of PNG and JPEG images, and kddet's evaluators, on tiny fixtures in the
 on-disk formats; and the embedded shapes data set."""
+
 import json
 import multiprocessing
 import os
@@ -31,7 +32,10 @@ VOC_TRAINVAL = {
     "000007": [("car", (141, 50, 500, 330), 0)],
 }
 VOC_TEST = {  # every class once, so that a perfect detector scores 100 on all 20
-    image_id: [(name, (1 + 90 * (i % 5), 1 + 180 * (i // 5), 80 + 90 * (i % 5), 150 + 180 * (i // 5)), 0) for i, name in enumerate(names)]
+    image_id: [
+        (name, (1 + 90 * (i % 5), 1 + 180 * (i // 5), 80 + 90 * (i % 5), 150 + 180 * (i // 5)), 0)
+        for i, name in enumerate(names)
+    ]
     for image_id, names in (("000001", VOC_CLASSES[:10]), ("000002", VOC_CLASSES[10:]))
 }
 
@@ -56,16 +60,31 @@ def write_voc(root: Path) -> None:
 
 def write_coco(root: Path) -> None:
     images = [
-        {"license": 1, "file_name": f"{i:012d}.jpg", "coco_url": "", "height": h, "width": w,
-         "date_captured": "2013-11-14 17:02:52", "flickr_url": "", "id": i}
+        {
+            "license": 1,
+            "file_name": f"{i:012d}.jpg",
+            "coco_url": "",
+            "height": h,
+            "width": w,
+            "date_captured": "2013-11-14 17:02:52",
+            "flickr_url": "",
+            "id": i,
+        }
         for i, (w, h) in COCO_IMAGES.items()
     ]
     annotations = []
     for index, (image_id, category_id, (x, y, w, h)) in enumerate(COCO_ANNOTATIONS):
         polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
         annotations.append(
-            {"segmentation": [polygon], "area": w * h, "iscrowd": 0, "image_id": image_id,
-             "bbox": [x, y, w, h], "category_id": category_id, "id": 1000 + index}
+            {
+                "segmentation": [polygon],
+                "area": w * h,
+                "iscrowd": 0,
+                "image_id": image_id,
+                "bbox": [x, y, w, h],
+                "category_id": category_id,
+                "id": 1000 + index,
+            }
         )
     categories = [{"supercategory": "", "id": i, "name": name} for i, name in COCO_NAMES.items()]
     dataset = {
@@ -90,16 +109,18 @@ def probe(tmp_path_factory) -> dict:
     env = dict(os.environ, DETECTRON2_DATASETS=str(root))
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests/probe_builtin_datasets.py"), str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads((out / "probe.json").read_text())
 
 
 def voc_objects(records):
-    return {
-        (Path(r["file_name"]).stem, a["class_name"], tuple(a["bbox"])) for r in records for a in r["annotations"]
-    }
+    return {(Path(r["file_name"]).stem, a["class_name"], tuple(a["bbox"])) for r in records for a in r["annotations"]}
 
 
 def test_voc_loader_parses_the_devkit_layout(probe, tmp_path_factory):
@@ -131,7 +152,9 @@ def test_coco_loader_parses_instances_json(probe):
     assert {a["bbox_mode"] for r in records for a in r["annotations"]} == {"XYWH_ABS"}
 
 
-@pytest.mark.parametrize("dataset, evaluator", [("voc_2007_test", "PascalVOCDetectionEvaluator"), ("coco_2017_val", "COCOEvaluator")])
+@pytest.mark.parametrize(
+    "dataset, evaluator", [("voc_2007_test", "PascalVOCDetectionEvaluator"), ("coco_2017_val", "COCOEvaluator")]
+)
 def test_evaluator_scores_the_ground_truth_perfect_and_a_misplaced_box_lower(probe, dataset, evaluator):
     perfect, misplaced = probe[dataset]["perfect"], probe[dataset]["misplaced"]
     assert perfect["evaluator"] == misplaced["evaluator"] == evaluator
@@ -213,7 +236,9 @@ def test_shapes_ground_truth_scores_perfect_with_the_coco_evaluator(datasets_roo
     records = DatasetCatalog.get("kddet_shapes_val")[:20]
     for record in records:
         instances = Instances((record["height"], record["width"]))
-        instances.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in record["annotations"]], dtype=torch.float32).reshape(-1, 4))
+        instances.pred_boxes = Boxes(
+            torch.tensor([a["bbox"] for a in record["annotations"]], dtype=torch.float32).reshape(-1, 4)
+        )
         instances.scores = torch.ones(len(instances.pred_boxes))
         instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.int64)
         evaluator.process([record], [{"instances": instances}])
@@ -242,7 +267,12 @@ def voc_folder(tmp_path) -> Path:
 def test_voc_folder_finds_each_image_whatever_its_extension(voc_folder):
     register_voc_folder("kddet_test_voc_folder_mixed", str(voc_folder), "val", 2012, ["thing"])
     metadata = MetadataCatalog.get("kddet_test_voc_folder_mixed")
-    assert (metadata.evaluator_type, metadata.thing_classes, metadata.year, metadata.split) == ("pascal_voc", ["thing"], 2012, "val")
+    assert (metadata.evaluator_type, metadata.thing_classes, metadata.year, metadata.split) == (
+        "pascal_voc",
+        ["thing"],
+        2012,
+        "val",
+    )
     records = DatasetCatalog.get("kddet_test_voc_folder_mixed")
     assert [Path(r["file_name"]).name for r in records] == ["img_a.png", "img_b.jpg", "img_c.PNG"]
     for record in records:
@@ -263,7 +293,9 @@ def test_voc_folder_with_one_extension_given(voc_folder):
 
 def test_voc_folder_names_the_image_it_cannot_find_or_tell_apart(voc_folder):
     (voc_folder / "JPEGImages/img_b.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of the 3 ids in ImageSets/Main/val.txt have no image in .* \(e.g. \['img_b'\]\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of the 3 ids in ImageSets/Main/val.txt have no image in .* \(e.g. \['img_b'\]\)"
+    ):
         load_voc_folder(str(voc_folder), "val", ["thing"])
     write_image(voc_folder / "JPEGImages/img_a.jpg", 8, 8)
     with pytest.raises(ValueError, match=r"two images of id 'img_a' \(img_a.jpg, img_a.png\).*pass image_ext"):

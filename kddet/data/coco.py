@@ -23,7 +23,9 @@ def load_coco_checked(
     categories (by id) have those names."""
     for path, what in ((json_file, "annotation json"), (image_root, "image root")):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"No {what} {os.path.abspath(path)} for data set '{dataset_name}': correct the path.")
+            raise FileNotFoundError(
+                f"No {what} {os.path.abspath(path)} for data set '{dataset_name}': correct the path."
+            )
     records = load_coco_json(json_file, image_root, dataset_name)
     if not records:
         raise ValueError(f"{json_file} lists no images: data set '{dataset_name}' would be empty.")
@@ -36,8 +38,8 @@ def load_coco_checked(
     missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of the {len(records)} images {json_file} lists are not in {image_root} (e.g. {missing[:3]}): "
-            "add them, or correct the image root or the images' file_name."
+            f"{len(missing)} of the {len(records)} images {json_file} lists are not in {image_root} "
+            f"(e.g. {missing[:3]}): add them, or correct the image root or the images' file_name."
         )
     for record in records:
         for annotation in record["annotations"]:

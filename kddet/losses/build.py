@@ -99,16 +99,22 @@ class DistillationLoss(nn.Module):
 class _LossRegistry(Registry):
     def _do_register(self, name: str, obj: Any) -> None:
         if not (isinstance(obj, type) and issubclass(obj, DistillationLoss)):
-            raise TypeError(f"{name} does not subclass DistillationLoss (kddet/losses/build.py): it cannot be registered as a loss.")
+            raise TypeError(
+                f"{name} does not subclass DistillationLoss (kddet/losses/build.py): it cannot be registered as a loss."
+            )
         super()._do_register(name, obj)
 
 
 KD_LOSS_REGISTRY = _LossRegistry("KD_LOSS")
-KD_LOSS_REGISTRY.__doc__ = """Distillation losses (``DistillationLoss`` subclasses), selected by name in ``cfg.KD.LOSSES``."""
+KD_LOSS_REGISTRY.__doc__ = """Distillation losses (``DistillationLoss`` subclasses), selected by name in
+``cfg.KD.LOSSES``."""
 
 
 def check_feature_names(
-    loss_name: str, names: Sequence[str], student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]
+    loss_name: str,
+    names: Sequence[str],
+    student_shapes: Mapping[str, ShapeSpec],
+    teacher_shapes: Mapping[str, ShapeSpec],
 ) -> None:
     """Stop with a message naming the levels each network has if a loss asks for one it lacks."""
     for network, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):

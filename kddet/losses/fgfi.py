@@ -181,7 +181,10 @@ class FGFI(DistillationLoss):
         """Per level of ``in_features``, the (N, H, W) imitation masks of the batch."""
         if self.full_map:
             features = batch.student["features"]
-            return [features[f].new_ones((features[f].shape[0], *features[f].shape[-2:]), dtype=torch.bool) for f in self.in_features]
+            return [
+                features[f].new_ones((features[f].shape[0], *features[f].shape[-2:]), dtype=torch.bool)
+                for f in self.in_features
+            ]
         anchors = batch.student["anchors"]
         grid_sizes = [tuple(batch.student["features"][f].shape[-2:]) for f in self.anchored_features]
         per_image = [
@@ -193,7 +196,9 @@ class FGFI(DistillationLoss):
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
-        targets = [standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features]
+        targets = [
+            standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features
+        ]
         in_warmup = batch.iteration < self.warmup_iters
         fitting_adapters = in_warmup and self.fit_adapters_in_warmup
         inputs = [student[f].detach() if fitting_adapters else student[f] for f in self.in_features]

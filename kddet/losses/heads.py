@@ -32,7 +32,10 @@ def rpn_rows(rpn_outputs: RPNOutputs) -> Tuple[torch.Tensor, torch.Tensor]:
     # (N, A, H, W) -> (N, H*W*A)
     logits = cat([x.permute(0, 2, 3, 1).flatten(1) for x in rpn_outputs.objectness_logits], dim=1)
     deltas = cat(
-        [x.view(x.shape[0], -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in rpn_outputs.anchor_deltas],
+        [
+            x.view(x.shape[0], -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+            for x in rpn_outputs.anchor_deltas
+        ],
         dim=1,
     )  # (N, A*4, H, W) -> (N, H*W*A, 4)
     return logits, deltas

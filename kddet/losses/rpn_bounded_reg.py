@@ -51,7 +51,9 @@ class RPNBoundedReg(DistillationLoss):
         sampled_anchors = batch.student["rpn_labels"]
         labels = torch.stack(sampled_anchors.labels)
         foreground = labels == 1
-        targets = rpn_regression_targets(batch.student["anchors"], sampled_anchors.matched_gt_boxes, self.box2box_transform)
+        targets = rpn_regression_targets(
+            batch.student["anchors"], sampled_anchors.matched_gt_boxes, self.box2box_transform
+        )
         _, student_deltas = rpn_rows(batch.student["rpn"])
         _, teacher_deltas = rpn_rows(batch.teacher["rpn"])
         bounded = teacher_bounded_l2(

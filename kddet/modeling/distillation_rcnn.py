@@ -67,7 +67,11 @@ class DistillationRCNN(GeneralizedRCNN):
         # Which records the losses read of each network; both are checked to have them now, not at the first step.
         self.probe = RCNNProbe(
             {type(loss).__name__: loss.needs for loss in kd_losses.values()},
-            {type(loss).__name__: loss.needs for loss in kd_losses.values() if loss.needs_teacher and teacher is not None},
+            {
+                type(loss).__name__: loss.needs
+                for loss in kd_losses.values()
+                if loss.needs_teacher and teacher is not None
+            },
         )
         self.probe.check(self, teacher)
         if teacher is not None:

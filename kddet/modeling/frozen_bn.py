@@ -26,7 +26,9 @@ def measure_frozen_bn_statistics(model: GeneralizedRCNN, batched_inputs: List[Di
     """Set every FrozenBatchNorm2d of ``model``'s backbone to the mean and variance of its input when
     the backbone sees ``batched_inputs`` (detectron2's input dicts), layer after layer, in place; a
     backbone without FrozenBN is left as it is."""
-    hooks = [m.register_forward_pre_hook(_measure) for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [
+        m.register_forward_pre_hook(_measure) for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)
+    ]
     if not hooks:
         return  # no forward: it would move a trainable BatchNorm's running averages
     try:

@@ -53,7 +53,11 @@ class MobileNetV2(Backbone):
     """torchvision's MobileNetV2 ``features`` 0..17 as the stem and stages res2..res5."""
 
     def __init__(
-        self, *, norm: str = "FrozenBN", out_features: Sequence[str] = ("res2", "res3", "res4", "res5"), freeze_at: int = 0
+        self,
+        *,
+        norm: str = "FrozenBN",
+        out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+        freeze_at: int = 0,
     ):
         """
         Args:
@@ -64,7 +68,9 @@ class MobileNetV2(Backbone):
         """
         super().__init__()
         if not norm:
-            raise ValueError("MobileNetV2 needs a normalisation (its convolutions have no bias): FrozenBN, BN or SyncBN")
+            raise ValueError(
+                "MobileNetV2 needs a normalisation (its convolutions have no bias): FrozenBN, BN or SyncBN"
+            )
         if not out_features or not set(out_features) <= set(STAGE_BLOCKS):
             raise ValueError(f"MobileNetV2 out_features must be among {list(STAGE_BLOCKS)}, got {list(out_features)}")
         features = TorchvisionMobileNetV2(norm_layer=lambda channels: get_norm(norm, channels)).features
