@@ -1,13 +1,18 @@
 """Config files a recipe names resolve like its _BASE_: against the file that names them, so a
 recipe works from any directory; paths relative to the working directory still work."""
 
+import functools
 import json
 import math
 import os
 
 import pytest
+import yaml
+
+from detectron2.config import CfgNode, get_cfg
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
+from kddet.config import add_kddet_config
 
 
 def write(path, text):
@@ -81,3 +86,40 @@ def test_train_net_runs_a_recipe_given_by_absolute_path_from_another_directory(
     metrics = [json.loads(line) for line in (tmp_path / "out/metrics.json").read_text().splitlines()]
     assert math.isfinite(metrics[-1]["loss_kd_fitnet"]) and metrics[-1]["loss_kd_fitnet"] > 0
     assert not any(cwd.iterdir())  # nothing written where it ran
+
+
+def _leaves(node: dict, prefix=()):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _plain(value):
+    """Lists for tuples and floats for ints, as yacs merges them."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@pytest.mark.parametrize("config", sorted(REPO.glob("configs/**/*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_config_restates_what_its_base_or_the_defaults_hold(config):
+    """A line that changes nothing hides the lines that do (VERSION excepted: detectron2 warns
+    about every file without one)."""
+    written = yaml.safe_load(config.read_text())
+    base = written.pop("_BASE_", None)
+    written.pop("VERSION", None)
+    if base:
+        resolved = load_config(config.parent / base)
+    else:
+        resolved = get_cfg()
+        add_kddet_config(resolved)
+    restated = []
+    for key, value in _leaves(written):
+        held = functools.reduce(lambda node, part: node[part], key, resolved)
+        if isinstance(value, str):
+            value = CfgNode._decode_cfg_value(value)
+        if _plain(value) == _plain(held):
+            restated.append(".".join(key))
+    assert not restated, f"{config.relative_to(REPO)} restates {restated}"
