@@ -4,6 +4,7 @@ detectron2's ``load_coco_json`` reads any instances json; a wrong path, a missin
 past its image's edge surface later as an I/O error in a loader worker or as a silently clipped
 box. ``load_coco_checked`` stops before training with a message naming the file to fix.
 """
+
 import os
 from typing import List, Optional, Sequence
 
@@ -44,8 +45,14 @@ def load_coco_checked(
     for record in records:
         for annotation in record["annotations"]:
             x, y, w, h = annotation["bbox"]  # load_coco_json keeps COCO's XYWH_ABS
-            if not (-BOX_TOLERANCE <= x and -BOX_TOLERANCE <= y and w >= 0 and h >= 0
-                    and x + w <= record["width"] + BOX_TOLERANCE and y + h <= record["height"] + BOX_TOLERANCE):
+            if not (
+                -BOX_TOLERANCE <= x
+                and -BOX_TOLERANCE <= y
+                and w >= 0
+                and h >= 0
+                and x + w <= record["width"] + BOX_TOLERANCE
+                and y + h <= record["height"] + BOX_TOLERANCE
+            ):
                 raise ValueError(
                     f"{json_file} has a box [x, y, w, h] = {[x, y, w, h]} outside its {record['width']}x"
                     f"{record['height']} image {record['file_name']}: correct it (COCO boxes are absolute pixels)."

@@ -2,6 +2,7 @@
 same order with the same augmentations in every run, so that runs of different seeds differ only in
 the model's own randomness (its initialisation, the RPN's and ROI heads' sampling). Comparing recipes
 on one stream removes the data order's share of the seed-to-seed spread (common random numbers)."""
+
 import numpy as np
 import torch
 

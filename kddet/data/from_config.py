@@ -14,6 +14,7 @@ Registration reads no file (a config loads on a machine without the data); the f
 when a data set is loaded, before the first training step. Paths are relative to the working
 directory, like every other path in a config.
 """
+
 from typing import Dict, Tuple
 
 from detectron2.config import CfgNode
@@ -30,6 +31,7 @@ def add_register_config(cfg: CfgNode) -> None:
     name reads in yaml as the data sets themselves do, where parallel lists would have to be kept
     in step by hand."""
     cfg.DATASETS.REGISTER = CfgNode(new_allowed=True)
+
 
 # Per FORMAT: its required keys, and its optional keys with their defaults.
 DATASET_KEYS: Dict[str, Tuple[Tuple[str, ...], Dict[str, object]]] = {

@@ -5,6 +5,7 @@ object, so it is no cue), drawn over varied backgrounds with unlabelled clutter;
 occlude each other, and a box is the extent of what stays visible. Images and a json index are
 written once under ``$DETECTRON2_DATASETS/kddet_shapes/<split>`` and reused.
 """
+
 import json
 import os
 from dataclasses import dataclass
