@@ -142,13 +142,13 @@ class TraceableDetector(nn.Module):
 def check_exportable(model: nn.Module) -> None:
     """Raise :class:`ExportError` naming what keeps ``model`` from being exported: a model other than
     a plain GeneralizedRCNN, or heads whose outputs the exported graph does not carry."""
-    if not isinstance(model, GeneralizedRCNN):
-        hint = (
-            " (export the student of a DistillationRCNN checkpoint: tools/export_student.py)"
-            if hasattr(model, "teacher")
-            else ""
+    if hasattr(model, "kd_losses"):
+        raise ExportError(
+            f"{type(model).__name__} is exported through its student: tools/export_student.py writes the plain "
+            "student's weights and config, and with --format torchscript or onnx its traced graph"
         )
-        raise ExportError(f"only GeneralizedRCNN detectors are exported, not {type(model).__name__}{hint}")
+    if not isinstance(model, GeneralizedRCNN):
+        raise ExportError(f"only GeneralizedRCNN detectors are exported, not {type(model).__name__}")
     for head in ("mask_on", "keypoint_on"):
         if getattr(model.roi_heads, head, False):
             raise ExportError(

@@ -1,10 +1,14 @@
 """tools/export_student.py turns a DistillationRCNN checkpoint into weights the plain student loads,
 and writes the config that rebuilds that student."""
-import importlib.util
 
+import importlib.util
+from pathlib import Path
+
+import onnx
 import pytest
 import torch
 import yaml
+from onnx import numpy_helper
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -14,6 +18,8 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 
 import kddet
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config
+from kddet.export import SUFFIXES, ExportError, ParityError, check_parity, export_model, load_detector
+from kddet.modeling.frozen_bn import measure_frozen_bn_statistics
 
 spec = importlib.util.spec_from_file_location("export_student", REPO / "tools/export_student.py")
 export_student = importlib.util.module_from_spec(spec)
@@ -25,13 +31,18 @@ def distilled(teacher_weights, tmp_path_factory):
     """A DistillationRCNN and its model_final.pth, saved with the state train_net saves."""
     cfg = load_config(
         REPO / "configs/shapes/fitnet.yaml",
-        "KD.TEACHER.CONFIG_FILE", str(TEACHER_CONFIG), "KD.TEACHER.WEIGHTS", str(teacher_weights),
+        "KD.TEACHER.CONFIG_FILE",
+        str(TEACHER_CONFIG),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
     )
     torch.manual_seed(1)  # not the seed the student config alone would be built with below
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
     out = tmp_path_factory.mktemp("fitnet")
-    checkpointer = DetectionCheckpointer(model, save_dir=str(out), optimizer=optimizer, scheduler=build_lr_scheduler(cfg, optimizer))
+    checkpointer = DetectionCheckpointer(
+        model, save_dir=str(out), optimizer=optimizer, scheduler=build_lr_scheduler(cfg, optimizer)
+    )
     checkpointer.save("model_final", iteration=2)
     (out / "config.yaml").write_text(cfg.dump())  # as train_net's default_setup writes it
     return model, out / "model_final.pth"
@@ -134,3 +145,107 @@ def test_export_rejects_a_file_that_is_no_detectron2_checkpoint(tmp_path, capsys
     assert export_student.main([str(tmp_path / "other.pth"), str(tmp_path / "student.pth")]) == 1
     assert "no 'model' entry" in capsys.readouterr().err
     assert not (tmp_path / "student.pth").exists()
+
+
+# Traced exports (kddet/export.py): TorchScript and ONNX run in onnxruntime, checked against PyTorch.
+
+
+@pytest.fixture(scope="module")
+def random_student():
+    """The slim shapes student with random weights (fixed seed): boxes of every kind to compare."""
+    torch.manual_seed(0)
+    return build_model(load_config(STUDENT_CONFIG)).eval()
+
+
+@pytest.fixture(scope="module")
+def parity_images(datasets_root):
+    """Three validation images resized for test, and a random one of another size and aspect."""
+    cfg = load_config(STUDENT_CONFIG)
+    files = [Path(d["file_name"]) for d in DatasetCatalog.get("kddet_shapes_val")[:3]]
+    images = export_student.parity_inputs(cfg, files)
+    return images + [torch.randint(0, 256, (3, 96, 160), generator=torch.Generator().manual_seed(0)).float()]
+
+
+@pytest.fixture(scope="module", params=["torchscript", "onnx"])
+def traced(request, random_student, parity_images, tmp_path_factory):
+    """The random student exported in each format, traced on the first parity image."""
+    path = tmp_path_factory.mktemp("traced") / f"student{SUFFIXES[request.param]}"
+    return request.param, export_model(random_student, parity_images[:1], path, request.param)
+
+
+def test_the_traced_student_detects_what_the_pytorch_student_detects(traced, random_student, parity_images):
+    format, path = traced
+    detector = load_detector(format, path)
+    if format == "onnx":
+        import onnxruntime
+
+        assert isinstance(detector.session, onnxruntime.InferenceSession)
+    assert detector.batch_size == 1
+    compared = check_parity(load_detector("pth", random_student), detector, parity_images)
+    assert compared >= 4 * 10  # boxes on every image, of both sizes (random weights detect plenty)
+
+
+def _changed_copy(format, path, tmp_path):
+    """The export with one weight of the box head's first layer scaled by 1.05."""
+    name = "model.roi_heads.box_head.fc1.weight"
+    target = tmp_path / path.name
+    if format == "torchscript":
+        module = torch.jit.load(str(path))
+        with torch.no_grad():
+            module.state_dict()[name].mul_(1.05)
+        module.save(str(target))
+    else:
+        model = onnx.load(str(path))
+        initializer = next(i for i in model.graph.initializer if i.name == name)
+        initializer.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(initializer) * 1.05, name))
+        onnx.save(model, str(target))
+    return target
+
+
+def test_parity_fails_on_a_changed_weight(traced, random_student, parity_images, tmp_path):
+    format, path = traced
+    changed = load_detector(format, _changed_copy(format, path, tmp_path))
+    with pytest.raises(ParityError, match=r"image \d: .*tolerance 0.1 px"):
+        check_parity(load_detector("pth", random_student), changed, parity_images)
+
+
+def test_a_batched_export_takes_images_of_different_sizes(random_student, parity_images, tmp_path):
+    path = export_model(random_student, parity_images[2:4], tmp_path / "student.onnx", "onnx")
+    detector = load_detector("onnx", path)
+    assert detector.batch_size == 2
+    assert check_parity(load_detector("pth", random_student), detector, parity_images) > 0
+
+
+def test_a_coco_sized_student_exports_at_800_px(tmp_path):
+    """The COCO MobileNetV2-FPN student, random weights, on one 800x1216 image in both formats."""
+    torch.manual_seed(0)
+    model = build_model(load_config(REPO / "configs/coco/student_mobilenet_v2.yaml", "MODEL.DEVICE", "cpu")).eval()
+    image = torch.randint(0, 256, (3, 800, 1216), generator=torch.Generator().manual_seed(0)).float()
+    measure_frozen_bn_statistics(model, [{"image": image}])
+    expected = load_detector("pth", model)([image])
+    for format in ("torchscript", "onnx"):
+        path = export_model(model, [image], tmp_path / f"student{SUFFIXES[format]}", format)
+        assert check_parity(lambda images: expected, load_detector(format, path), [image]) > 0, format
+
+
+def test_export_student_writes_a_checked_onnx_file(distilled, tmp_path, datasets_root, capsys):
+    _, checkpoint = distilled
+    assert export_student.main([str(checkpoint), str(tmp_path / "student.pth"), "--format", "onnx"]) == 0
+    assert "it detects what the PyTorch student detects" in capsys.readouterr().out
+    cfg = kddet.load_config(tmp_path / "student.yaml")
+    student = build_model(cfg).eval()
+    DetectionCheckpointer(student).load(cfg.MODEL.WEIGHTS)
+    images = export_student.parity_inputs(cfg)
+    assert len(images) == export_student.PARITY_IMAGES
+    check_parity(load_detector("pth", student), load_detector("onnx", tmp_path / "student.onnx"), images)
+    assert export_student.main([str(checkpoint), str(tmp_path / "student.pth"), "--format", "onnx"]) == 1  # exists
+
+
+def test_what_cannot_be_exported_is_named(distilled, random_student, monkeypatch, tmp_path):
+    model, _ = distilled
+    with pytest.raises(ExportError, match=r"DistillationRCNN is exported through its student: tools/export_student.py"):
+        export_model(model, [torch.zeros(3, 64, 64)], tmp_path / "model.onnx", "onnx")
+    monkeypatch.setattr(random_student.roi_heads, "mask_on", True)
+    with pytest.raises(ExportError, match=r"mask_on True.*set MODEL.MASK_ON False"):
+        export_model(random_student, [torch.zeros(3, 64, 64)], tmp_path / "student.ts", "torchscript")
+    assert not (tmp_path / "student.ts").exists()
