@@ -13,7 +13,7 @@ VERDICT_NOTE = (
     "*helps* or *hurts*, each row tested on its own; *smallest detectable ΔAP* is the size of change that test "
     "needs at the row's spread and seeds; otherwise it is *within noise* of seed-to-seed variation. Of many rows "
     "tested that way, about one in twenty passes by chance: *after Holm* keeps the verdicts that survive Holm's "
-    "correction for the {tested} rows tested against the same {baseline} (a family-wise error of 5%)."
+    "correction for the {tested} row(s) tested against the same {baseline} (a family-wise error of 5%)."
 )
 
 

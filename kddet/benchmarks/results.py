@@ -120,8 +120,9 @@ def rerender(table: dict) -> Tuple[dict, List[dict], dict]:
 def report_only(paths: Sequence[Path], device: str) -> None:
     """Render each table of ``paths`` (their JSON) again, without training."""
     for path in paths:
-        teacher, rows, sizes = rerender(json.loads(path.read_text()))
-        setting = json.loads(path.read_text())["setting"]
+        table = json.loads(path.read_text())
+        teacher, rows, sizes = rerender(table)
+        setting = table["setting"]
         if sizes is None:  # a table older than the sizes in its JSON: measured again, the models are cheap
             bench = BENCHMARKS[setting["benchmark"]]
             sizes = model_sizes(bench.student, device, setting.get("extra_opts", []))
