@@ -9,8 +9,10 @@ setup:
 demo: setup
 	$(PY) tools/demo.py
 
+# Two pytest workers, one file each at a time (a file's module fixtures stay in one worker), one
+# thread each (tests/conftest.py); the ten slowest tests are listed at the end.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 # results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 10 (student), 5 or 3
 # seeds, and results/embedded_scratch.*: the slim student from scratch and every loss (kddet/benchmarks/).

@@ -1,5 +1,8 @@
 """Shared fixtures: the embedded data set in a temporary DETECTRON2_DATASETS, a teacher
-checkpoint written from a freshly built teacher, and a way to run tools/train_net.py."""
+checkpoint written from a freshly built teacher, every shapes recipe trained two steps in this
+process, and a way to run tools/train_net.py."""
+
+import functools
 import json
 import os
 import subprocess
@@ -11,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 import kddet
@@ -18,10 +22,19 @@ import kddet
 kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 
 import kddet.config
+from kddet.data.shapes import generate_split, shapes_root
+from kddet.engine import Trainer
 from kddet.warning_filters import filter_known_warnings
+
+# One thread per process, here and in the runs started from here (which inherit the variable): the
+# models are tiny, `make test` runs two pytest workers on a 2-core machine, and OpenMP threads that
+# spin while the cores are busy elsewhere slow a step manyfold.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = REPO / "configs/shapes/teacher_slim_r18.yaml"
@@ -36,9 +49,18 @@ def known_warnings_filtered():
 
 @pytest.fixture(scope="session")
 def datasets_root(tmp_path_factory) -> Path:
-    """DETECTRON2_DATASETS for this test session; the shapes splits are generated there once."""
-    root = tmp_path_factory.mktemp("datasets")
+    """DETECTRON2_DATASETS for this test session, where the shapes training and validation splits
+    are generated once. The workers of one ``pytest -n`` run share it: the first generates them
+    while the others wait, rather than each spending the time again."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "datasets"  # the run's folder, above each worker's
+        root.mkdir(exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("datasets")
     os.environ["DETECTRON2_DATASETS"] = str(root)
+    with FileLock(f"{root}.lock"):
+        for split in ("train", "val"):
+            generate_split(shapes_root(), split)
     return root
 
 
@@ -56,8 +78,63 @@ def teacher_weights(tmp_path_factory) -> Path:
     return out / "model_final.pth"
 
 
+SHAPES_RECIPES = sorted(
+    path.stem for path in (REPO / "configs/shapes").glob("*.yaml")
+    if not path.stem.startswith("Base-") and path not in (TEACHER_CONFIG, STUDENT_CONFIG)
+)  # fmt: skip
+
+
+class StepGradients(HookBase):
+    """After every step, the trainable parameters of the trained model that got no gradient, and
+    whether any of the teacher's got one. detectron2 zeroes the gradients to None before each step's
+    backward, so a parameter the step's loss left out has none: DistributedDataParallel (without a
+    search for unused parameters) would stop at the next step."""
+
+    def __init__(self):
+        self.without_grad = []
+        self.teacher_has_grads = False
+
+    def after_step(self):
+        model = self.trainer.model
+        self.without_grad.append([n for n, p in model.named_parameters() if p.requires_grad and p.grad is None])
+        teacher = getattr(model, "teacher", None)
+        if teacher is not None:
+            self.teacher_has_grads |= any(p.grad is not None for p in teacher.parameters())
+
+
+@pytest.fixture(scope="session")
+def two_step_run(teacher_weights, datasets_root, tmp_path_factory):
+    """``two_step_run(recipe)``: configs/shapes/<recipe>.yaml trained 2 steps at batch 2 in this
+    process (no evaluation), once per session, from ``teacher_weights`` where it has a teacher: the
+    last metrics.json row and its StepGradients. In-process: a subprocess per recipe would spend
+    most of its time starting Python and detectron2."""
+    folder = tmp_path_factory.mktemp("two_steps")
+
+    @functools.lru_cache(maxsize=None)
+    def run(recipe: str):
+        config = REPO / f"configs/shapes/{recipe}.yaml"
+        opts = ["SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0, "DATASETS.TEST", "()",
+                "OUTPUT_DIR", str(folder / recipe)]  # fmt: skip
+        if load_config(config).KD.TEACHER.CONFIG_FILE:
+            opts += ["KD.TEACHER.WEIGHTS", str(teacher_weights)]
+        torch.manual_seed(0)
+        trainer = Trainer(load_config(config, *opts))
+        gradients = StepGradients()
+        trainer.register_hooks([gradients])
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        rows = (folder / recipe / "metrics.json").read_text().splitlines()
+        return json.loads(rows[-1]), gradients
+
+    return run
+
+
 def run_train_net(
-    *args, datasets_root: Path, timeout: int = 600, returncode: int = 0, script: Path = REPO / "tools/train_net.py",
+    *args,
+    datasets_root: Path,
+    timeout: int = 600,
+    returncode: int = 0,
+    script: Path = REPO / "tools/train_net.py",
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
     """Run tools/train_net.py (or a launcher ``script`` that runs it) in a subprocess from ``cwd``,
@@ -65,7 +142,11 @@ def run_train_net(
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root))
     proc = subprocess.run(
         [sys.executable, str(script), *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     output = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert proc.returncode == returncode, f"train_net exited with {proc.returncode}:\n{output}"

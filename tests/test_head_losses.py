@@ -1,7 +1,7 @@
 """Head- and relation-level losses: each against a slow, literal computation of its formula
 (values and gradients) and on edge cases; then inside DistillationRCNN, that the teacher scores
 the student's own anchors and proposals row for row, and that two training steps run end to end."""
-import json
+
 import math
 
 import numpy as np
@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from fvcore.nn import smooth_l1_loss
 
-from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config, run_train_net
+from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config
 from kddet.capture import BoxPredictions, Recorder, RPNOutputs, SampledAnchors
 from kddet.losses import (
     KD,
@@ -294,9 +294,7 @@ def test_rpn_soft_cls_on_the_sampled_anchors():
     assert loss.student_loss_scale == {"loss_rpn_cls": 0.25}
 
     def slow(*_):
-        rows = [
-            (image, row) for image in range(2) for row in range(len(sampled[0][0])) if sampled[0][image][row] >= 0
-        ]
+        rows = [(image, row) for image in range(2) for row in range(len(sampled[0][0])) if sampled[0][image][row] >= 0]
         s = [slow_rpn_row(student, i, r)[0] for i, r in rows]
         t = [slow_rpn_row(teacher, i, r)[0].detach() for i, r in rows]
         two = lambda z: [z, torch.zeros_like(z)]  # noqa: E731  (sigmoid(z) = softmax(z, 0)[0])
@@ -316,8 +314,10 @@ def test_rpn_bounded_reg_on_the_foreground_anchors():
     student, anchors, (labels, matched) = rpn_records()
     teacher, _, _ = rpn_records()
     batch = DistillationBatch(
-        student={"rpn": student, "rpn_labels": SampledAnchors(labels, matched), "anchors": anchors}, teacher={"rpn": teacher},
-        gt_instances=[], image_sizes=[],
+        student={"rpn": student, "rpn_labels": SampledAnchors(labels, matched), "anchors": anchors},
+        teacher={"rpn": teacher},
+        gt_instances=[],
+        image_sizes=[],
     )
     transform = Box2BoxTransform(BOX_WEIGHTS)
     loss = RPNBoundedReg(weight=0.5, margin=0.1, box2box_transform=transform)
@@ -352,7 +352,9 @@ def rcn_batch(proposals, box_dim=4 * NUM_CLASSES, feature_dims=(6, 9)):
     rows = sum(len(p) for p in proposals)
     student = {
         "proposals": proposals,
-        "predictions": BoxPredictions(leaf(rows, NUM_CLASSES + 1, dtype=torch.float32), leaf(rows, box_dim, dtype=torch.float32)),
+        "predictions": BoxPredictions(
+            leaf(rows, NUM_CLASSES + 1, dtype=torch.float32), leaf(rows, box_dim, dtype=torch.float32)
+        ),
         "box_features": leaf(rows, feature_dims[0], dtype=torch.float32).detach().relu().requires_grad_(),
     }
     teacher = {
@@ -461,7 +463,9 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
     outputs = {}
     for loss in (
         RCNBoundedReg(weight=0.5, margin=0.0, box2box_transform=Box2BoxTransform(BOX_WEIGHTS), num_classes=NUM_CLASSES),
-        PKT(weight=1.0), SP(weight=1.0), RKD(distance_weight=1.0, angle_weight=1.0, angle_max_rois=128),
+        PKT(weight=1.0),
+        SP(weight=1.0),
+        RKD(distance_weight=1.0, angle_weight=1.0, angle_max_rois=128),
     ):
         outputs.update(loss(batch))
     for loss in (RCNSoftCls(mu=0.5, temperature=1.0, background_weight=1.5), KD(weight=1.0, temperature=2.0)):
@@ -478,8 +482,14 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
     student, anchors, (labels, matched) = rpn_records(num_images=1)
     labels = [labels[0].clamp(max=0)]
     rpn_batch = DistillationBatch(
-        student={"rpn": student, "rpn_labels": SampledAnchors(labels, [torch.zeros_like(matched[0])]), "anchors": anchors},
-        teacher={"rpn": rpn_records(num_images=1)[0]}, gt_instances=[], image_sizes=[],
+        student={
+            "rpn": student,
+            "rpn_labels": SampledAnchors(labels, [torch.zeros_like(matched[0])]),
+            "anchors": anchors,
+        },
+        teacher={"rpn": rpn_records(num_images=1)[0]},
+        gt_instances=[],
+        image_sizes=[],
     )
     bounded = RPNBoundedReg(weight=0.5, margin=0.0, box2box_transform=Box2BoxTransform(BOX_WEIGHTS))(rpn_batch)
     soft = RPNSoftCls(mu=0.5, temperature=1.0, background_weight=1.5)(rpn_batch)
@@ -493,10 +503,14 @@ def test_edge_cases_are_finite_zeros_that_still_backpropagate():
 def distillation_cfg(teacher_weights, *opts, teacher_config=TEACHER_CONFIG, losses=HEAD_LOSSES):
     return load_config(
         STUDENT_CONFIG,
-        "MODEL.META_ARCHITECTURE", "DistillationRCNN",
-        "KD.TEACHER.CONFIG_FILE", str(teacher_config),
-        "KD.TEACHER.WEIGHTS", str(teacher_weights),
-        "KD.LOSSES", list(losses),
+        "MODEL.META_ARCHITECTURE",
+        "DistillationRCNN",
+        "KD.TEACHER.CONFIG_FILE",
+        str(teacher_config),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
+        "KD.LOSSES",
+        list(losses),
         *opts,
     )
 
@@ -585,9 +599,16 @@ def test_every_kd_term_reaches_the_student_and_nothing_reaches_the_teacher(one_s
     _, model, _, _, losses = one_step
     kd_terms = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
     assert set(kd_terms) == {
-        "loss_kd_fitnet", "loss_kd_rpnsoftcls", "loss_kd_rcnsoftcls", "loss_kd_rpnboundedreg",
-        "loss_kd_rcnboundedreg", "loss_kd_kd", "loss_kd_pkt", "loss_kd_sp",
-        "loss_kd_rkd_distance", "loss_kd_rkd_angle",
+        "loss_kd_fitnet",
+        "loss_kd_rpnsoftcls",
+        "loss_kd_rcnsoftcls",
+        "loss_kd_rpnboundedreg",
+        "loss_kd_rcnboundedreg",
+        "loss_kd_kd",
+        "loss_kd_pkt",
+        "loss_kd_sp",
+        "loss_kd_rkd_distance",
+        "loss_kd_rkd_angle",
     }
     params = [p for p in model.parameters() if p.requires_grad]
     for name, value in kd_terms.items():
@@ -638,34 +659,16 @@ def test_virtual_teacher_alone_builds_no_teacher(datasets_root):
     assert build_model(cfg).teacher is None
 
 
-# ---- end to end through tools/train_net.py -------------------------------------------------------
+# ---- two training steps (conftest's two_step_run) -----------------------------------------------
 
 
-def last_metrics(output_dir):
-    lines = (output_dir / "metrics.json").read_text().splitlines()
-    return json.loads(lines[-1])
-
-
-def train_two_steps(config, tmp_path, datasets_root, *opts):
-    run_train_net(
-        "--config-file", REPO / config, *opts,
-        "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path,
-        datasets_root=datasets_root,
-    )
-    return last_metrics(tmp_path)
-
-
-@pytest.mark.slow
-def test_chen2017_recipe_trains_end_to_end(teacher_weights, datasets_root, tmp_path):
-    metrics = train_two_steps(
-        "configs/shapes/chen2017.yaml", tmp_path, datasets_root, "KD.TEACHER.WEIGHTS", teacher_weights
-    )
+def test_chen2017_recipe_trains_two_steps(two_step_run):
+    metrics, _ = two_step_run("chen2017")
     for name in ("fitnet", "rpnsoftcls", "rcnsoftcls", "rpnboundedreg", "rcnboundedreg"):
         assert math.isfinite(metrics[f"loss_kd_{name}"]), name
     assert metrics["loss_kd_rpnsoftcls"] > 0 and metrics["loss_kd_rcnsoftcls"] > 0
 
 
-@pytest.mark.slow
-def test_virtual_teacher_recipe_trains_without_a_teacher(datasets_root, tmp_path):
-    metrics = train_two_steps("configs/shapes/virtual_teacher.yaml", tmp_path, datasets_root)
+def test_virtual_teacher_recipe_trains_without_a_teacher(two_step_run):
+    metrics, _ = two_step_run("virtual_teacher")
     assert math.isfinite(metrics["loss_kd_virtualteacher"]) and metrics["loss_kd_virtualteacher"] > 0

@@ -1,10 +1,13 @@
-"""Training in two CPU processes (gloo, DistributedDataParallel): every recipe of configs/shapes/
-takes steps, and tools/train_net.py --num-cpu-processes trains, checkpoints and evaluates.
+"""Training in two CPU processes (gloo, DistributedDataParallel) without a search for unused
+parameters: every shapes recipe gives each trainable parameter a gradient at every step (checked in
+one process, which is what DDP needs of it); representatives take steps in two processes; and
+tools/train_net.py --num-cpu-processes trains, checkpoints and evaluates.
 
 Starting Python and detectron2 takes most of a tiny run's time, so one two-process launch trains
-all the recipes, one after another in the same workers, and writes what each rank saw; the tests
-below read it. One more run goes through tools/train_net.py itself."""
-import importlib.util
+the representatives one after another in the same workers, and writes what each rank saw; the
+tests below read it. "combined" reads every record kind of both networks, "virtual_teacher" has no
+teacher. One more run goes through tools/train_net.py itself."""
+
 import json
 import re
 from pathlib import Path
@@ -16,20 +19,18 @@ from torch.nn.parallel import DistributedDataParallel
 import kddet  # noqa: F401  (shims and registrations first)
 from detectron2.utils import comm
 
-from conftest import REPO, run_train_net
+from conftest import REPO, SHAPES_RECIPES, run_train_net
+from kddet.capture import RECORD_KINDS
 from kddet.config import load_config
 from kddet.data.coco import register_coco_checked
 from kddet.data.shapes import SHAPE_CLASSES, load_shapes, shapes_root
 from kddet.engine import Trainer
 from kddet.launch import launch_cpu_processes
+from kddet.losses import kd_loss_classes, losses_need_teacher
 
 pytestmark = pytest.mark.slow
 
-spec = importlib.util.spec_from_file_location("make_results", REPO / "tools/make_results.py")
-make_results = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_results)
-RECIPES = make_results.all_recipes()
-
+REPRESENTATIVES = ["combined", "virtual_teacher"]
 NUM_PROCESSES = 2
 MAX_ITER = 3  # DDP reports a parameter that a step's loss left out when the next step starts
 TRAIN_IMAGES, TEST_IMAGES = range(4, 12), range(4)  # of kddet_shapes_val; 4 test images, 2 per process
@@ -43,18 +44,13 @@ TINY_RUN = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_process():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores; inherited by the workers
-        yield
-
-
 def write_coco_json(path: Path, records) -> None:
     """A COCO instances json of shapes records (XYXY boxes, contiguous class ids from 0)."""
     images, annotations = [], []
     for record in records:
-        images.append({"id": record["image_id"], "file_name": Path(record["file_name"]).name, "width": 128, "height": 128})
+        images.append(
+            {"id": record["image_id"], "file_name": Path(record["file_name"]).name, "width": 128, "height": 128}
+        )
         for a in record["annotations"]:
             x0, y0, x1, y1 = a["bbox"]
             annotations.append({
@@ -81,8 +77,8 @@ def flat_parameters(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def train_every_recipe(recipes, datasets, teacher_weights: str, out: str) -> None:
-    """In each process: train every recipe for MAX_ITER steps and write what this rank saw to
+def train_recipes(recipes, datasets, teacher_weights: str, out: str) -> None:
+    """In each process: train each of ``recipes`` for MAX_ITER steps and write what this rank saw to
     ``out/rank<r>.json``."""
     for name, (json_file, image_root) in datasets.items():
         register_coco_checked(name, json_file, image_root)
@@ -99,6 +95,7 @@ def train_every_recipe(recipes, datasets, teacher_weights: str, out: str) -> Non
         after = flat_parameters(student)
         checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)["model"]
         teacher = student.teacher
+        in_ddp = {id(p) for p in trainer.model.parameters()}
         seen[recipe] = {
             "wrapper": type(trainer.model).__name__,
             "device_ids": trainer.model.device_ids,
@@ -109,7 +106,7 @@ def train_every_recipe(recipes, datasets, teacher_weights: str, out: str) -> Non
             "saves_checkpoints": trainer.checkpointer.save_to_disk,
             "teacher": None if teacher is None else {
                 "wrapped": isinstance(teacher, DistributedDataParallel),
-                "parameters_in_ddp": len({id(p) for p in teacher.parameters()} & {id(p) for p in trainer.model.parameters()}),
+                "parameters_in_ddp": len({id(p) for p in teacher.parameters()} & in_ddp),
                 "has_grads": any(p.grad is not None for p in teacher.parameters()),
                 "same_as_its_file": teacher.state_dict().keys() == teacher_file.keys()
                 and all(torch.equal(v, teacher_file[k]) for k, v in teacher.state_dict().items()),
@@ -119,10 +116,11 @@ def train_every_recipe(recipes, datasets, teacher_weights: str, out: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def every_recipe(tiny_shapes, teacher_weights, tmp_path_factory):
-    """Each recipe's output folder, and what each rank saw of its run."""
-    out = tmp_path_factory.mktemp("every_recipe")
-    launch_cpu_processes(train_every_recipe, NUM_PROCESSES, args=(RECIPES, tiny_shapes, str(teacher_weights), str(out)))
+def representatives(tiny_shapes, teacher_weights, tmp_path_factory):
+    """Each representative's output folder, and what each rank saw of its run."""
+    out = tmp_path_factory.mktemp("representatives")
+    args = (REPRESENTATIVES, tiny_shapes, str(teacher_weights), str(out))
+    launch_cpu_processes(train_recipes, NUM_PROCESSES, args=args)
     seen = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(NUM_PROCESSES)]
     return out, seen
 
@@ -138,20 +136,40 @@ def predicted_image_ids(output_dir: Path) -> set:
 
 
 def test_recipes_are_every_shapes_config_but_the_bases():
-    assert len(RECIPES) >= 19 and {"fitnet", "fgfi", "ofd", "combined", "virtual_teacher"} <= set(RECIPES)
+    assert len(SHAPES_RECIPES) >= 19 and {"fitnet", "fgfi", "ofd", "combined", "virtual_teacher"} <= set(SHAPES_RECIPES)
+
+
+def test_the_representatives_read_every_record_kind_with_and_without_a_teacher():
+    configs = {recipe: load_config(REPO / f"configs/shapes/{recipe}.yaml") for recipe in REPRESENTATIVES}
+    read = {kind for cfg in configs.values() for cls in kd_loss_classes(cfg).values() for kind in cls.needs}
+    assert read == set(RECORD_KINDS)
+    assert {losses_need_teacher(cfg) for cfg in configs.values()} == {True, False}
+
+
+@pytest.mark.parametrize("recipe", SHAPES_RECIPES)
+def test_every_recipe_gives_each_trainable_parameter_a_gradient_at_every_step(two_step_run, recipe):
+    """What DDP without find_unused_parameters needs: a parameter left out of a step's loss would
+    stop a multi-process run at the next step. The teacher, outside the module tree, gets none."""
+    _, gradients = two_step_run(recipe)
+    assert gradients.without_grad == [[], []]
+    assert not gradients.teacher_has_grads
 
 
 FROZEN_TEACHER_OUTSIDE_DDP = {"wrapped": False, "parameters_in_ddp": 0, "has_grads": False, "same_as_its_file": True}
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_trains_in_two_processes(every_recipe, recipe):
-    out, seen = every_recipe
+@pytest.mark.parametrize("recipe", REPRESENTATIVES)
+def test_recipe_trains_in_two_processes(representatives, recipe):
+    out, seen = representatives
     ranks = [by_recipe[recipe] for by_recipe in seen]
     for rank, saw in enumerate(ranks):
         # The student is DDP-wrapped on the CPU, without a search for unused parameters: a parameter
         # left out of a step's loss would have stopped the run.
-        assert (saw["wrapper"], saw["device_ids"], saw["find_unused_parameters"]) == ("DistributedDataParallel", None, False)
+        assert (saw["wrapper"], saw["device_ids"], saw["find_unused_parameters"]) == (
+            "DistributedDataParallel",
+            None,
+            False,
+        )
         assert saw["student_moved"] and saw["student_same_on_every_rank"], (rank, saw)
         assert saw["checkpoint_is_the_student"], rank
         assert saw["saves_checkpoints"] == (rank == 0)
@@ -168,7 +186,9 @@ def test_recipe_trains_in_two_processes(every_recipe, recipe):
     assert predicted_image_ids(output_dir) == set(TEST_IMAGES)
 
 
-def test_train_net_trains_checkpoints_and_evaluates_in_two_cpu_processes(tiny_shapes, teacher_weights, tmp_path, datasets_root):
+def test_train_net_trains_checkpoints_and_evaluates_in_two_cpu_processes(
+    tiny_shapes, teacher_weights, tmp_path, datasets_root
+):
     register = "".join(
         f'    {name}: {{FORMAT: "coco", JSON_FILE: "{json_file}", IMAGE_ROOT: "{image_root}"}}\n'
         for name, (json_file, image_root) in tiny_shapes.items()

