@@ -6,6 +6,7 @@ tests/test_datasets.py runs this in a subprocess with that variable pointing at 
 
     DETECTRON2_DATASETS=ROOT python tests/probe_builtin_datasets.py OUTPUT_DIR
 """
+
 import json
 import sys
 

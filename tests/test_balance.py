@@ -1,4 +1,5 @@
 """KD.BALANCE: each balanced loss is measured, then held at RATIO times the detector's losses."""
+
 import importlib.util
 
 import pytest
@@ -83,8 +84,17 @@ def test_non_finite_iterations_are_not_measured_and_stay_out_of_the_loss():
 def test_bad_settings_name_the_key(teacher_weights):
     with pytest.raises(ValueError, match="RATIO > 0"):
         LossBalancer(["sp"], ratio=0.0, iters=5)
-    cfg = load_config(SP_CONFIG, "KD.TEACHER.CONFIG_FILE", str(TEACHER_CONFIG), "KD.TEACHER.WEIGHTS", str(teacher_weights),
-                      "KD.BALANCE.ENABLED", True, "KD.BALANCE.LOSSES", ["FitNet"])
+    cfg = load_config(
+        SP_CONFIG,
+        "KD.TEACHER.CONFIG_FILE",
+        str(TEACHER_CONFIG),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
+        "KD.BALANCE.ENABLED",
+        True,
+        "KD.BALANCE.LOSSES",
+        ["FitNet"],
+    )
     with pytest.raises(ValueError, match=r"KD.BALANCE.LOSSES names \['fitnet'\], which are not in KD.LOSSES"):
         build_model(cfg)
 
@@ -93,14 +103,29 @@ def test_in_the_model_the_balanced_term_trains_the_student_never_the_teacher(tea
     """SP at the paper's 3000 (which diverges unbalanced): after a 1-iteration measurement the term is
     RATIO x the detector's losses, its gradient reaches the student and nothing reaches the teacher,
     and the scale is saved with the model but not exported."""
-    cfg = load_config(SP_CONFIG, "KD.TEACHER.CONFIG_FILE", str(TEACHER_CONFIG), "KD.TEACHER.WEIGHTS", str(teacher_weights),
-                      "KD.SP.WEIGHT", 3000.0, "KD.BALANCE.ENABLED", True, "KD.BALANCE.ITERS", 1, "KD.BALANCE.RATIO", 0.5)
+    cfg = load_config(
+        SP_CONFIG,
+        "KD.TEACHER.CONFIG_FILE",
+        str(TEACHER_CONFIG),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
+        "KD.SP.WEIGHT",
+        3000.0,
+        "KD.BALANCE.ENABLED",
+        True,
+        "KD.BALANCE.ITERS",
+        1,
+        "KD.BALANCE.RATIO",
+        0.5,
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     loader = build_detection_train_loader(
-        dataset=DatasetCatalog.get("kddet_shapes_train")[:2], mapper=DatasetMapper(cfg, is_train=True),
-        total_batch_size=2, num_workers=0,
+        dataset=DatasetCatalog.get("kddet_shapes_train")[:2],
+        mapper=DatasetMapper(cfg, is_train=True),
+        total_batch_size=2,
+        num_workers=0,
     )
     batches = iter(loader)
     sp = model.kd_losses["sp"]

@@ -46,15 +46,21 @@ def c4_config(tmp_path_factory):
 def distillation_cfg(student_config, teacher_config, losses, *opts):
     return load_config(
         student_config,
-        "MODEL.META_ARCHITECTURE", "DistillationRCNN",
-        "KD.TEACHER.CONFIG_FILE", str(teacher_config),
-        "KD.LOSSES", list(losses),
+        "MODEL.META_ARCHITECTURE",
+        "DistillationRCNN",
+        "KD.TEACHER.CONFIG_FILE",
+        str(teacher_config),
+        "KD.LOSSES",
+        list(losses),
         *opts,
     )
 
 
 def test_the_probe_records_what_the_losses_read_and_what_the_teacher_runs_on():
-    probe = RCNNProbe({"KD": ("predictions",), "FGFI": ("features", "anchors")}, {"KD": ("predictions",), "FGFI": ("features", "anchors")})
+    probe = RCNNProbe(
+        {"KD": ("predictions",), "FGFI": ("features", "anchors")},
+        {"KD": ("predictions",), "FGFI": ("features", "anchors")},
+    )
     # The teacher's box head runs on the student's proposals, from its own features.
     assert probe.teacher_kinds == ["features", "box_features", "predictions"]
     assert probe.student_kinds == ["features", "anchors", "proposals", "predictions"]

@@ -1,5 +1,6 @@
 """kddet.compat: the Python-only detectron2 build runs on today's numpy/Pillow, says how to get
 the compiled kernels when one is called, and the shims stay out of the way of a full build."""
+
 import subprocess
 import sys
 

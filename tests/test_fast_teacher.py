@@ -1,6 +1,7 @@
 """The fast teacher (KD.TEACHER.PRECISION, KD.TEACHER.CHANNELS_LAST): its records against the fp32
 teacher's on the same shapes images and student proposals, measured per record kind; the records
 are fp32; the student still learns through them and the teacher stays untouched."""
+
 import copy
 import dataclasses
 
@@ -39,7 +40,12 @@ RTOL = {"bf16": 5e-2, "fp16": 7e-3, "channels_last": 1e-5, "bf16_channels_last":
 def distillation_cfg(teacher_weights, *opts):
     return load_config(
         REPO / "configs/shapes/chen2017.yaml",
-        "KD.TEACHER.CONFIG_FILE", str(TEACHER_CONFIG), "KD.TEACHER.WEIGHTS", str(teacher_weights), "KD.LOSSES", LOSSES,
+        "KD.TEACHER.CONFIG_FILE",
+        str(TEACHER_CONFIG),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
+        "KD.LOSSES",
+        LOSSES,
         *opts,
     )
 
@@ -71,8 +77,12 @@ def by_kind(records):
     """The tensors of each record kind, as lists: FPN levels, RPN levels, one tensor for the RoI head."""
     (logits, deltas), (scores, box_deltas) = records["rpn"], records["predictions"]
     return {
-        "features": list(records["features"].values()), "rpn_logits": logits, "rpn_deltas": deltas,
-        "box_features": [records["box_features"]], "class_scores": [scores], "box_deltas": [box_deltas],
+        "features": list(records["features"].values()),
+        "rpn_logits": logits,
+        "rpn_deltas": deltas,
+        "box_features": [records["box_features"]],
+        "class_scores": [scores],
+        "box_deltas": [box_deltas],
     }
 
 
@@ -82,7 +92,9 @@ def reference(teacher_weights, batch, student_records):
 
 
 @pytest.mark.parametrize("fast", list(FAST))
-def test_fast_teacher_records_are_fp32_and_close_to_the_fp32_teachers(fast, teacher_weights, batch, student_records, reference):
+def test_fast_teacher_records_are_fp32_and_close_to_the_fp32_teachers(
+    fast, teacher_weights, batch, student_records, reference
+):
     records = teacher_records(teacher_weights, batch, student_records, *FAST[fast])
     assert not any(t.requires_grad for t in float_tensors(records))
     errors = {}
@@ -127,7 +139,9 @@ def test_training_with_the_fast_teacher_trains_the_student_and_leaves_the_teache
         assert torch.equal(value, loaded[key]), key
 
 
-@pytest.mark.parametrize("capabilities, expected", [({"avx512_bf16": True}, torch.bfloat16), ({"avx512_f": True}, torch.float32)])
+@pytest.mark.parametrize(
+    "capabilities, expected", [({"avx512_bf16": True}, torch.bfloat16), ({"avx512_f": True}, torch.float32)]
+)
 def test_auto_precision_is_bf16_on_a_cpu_with_bf16_instructions(capabilities, expected, monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
     cfg = load_config(TEACHER_CONFIG, "MODEL.DEVICE", "cpu", "KD.TEACHER.PRECISION", "auto")
@@ -135,7 +149,9 @@ def test_auto_precision_is_bf16_on_a_cpu_with_bf16_instructions(capabilities, ex
 
 
 def test_an_unknown_precision_names_the_choices():
-    with pytest.raises(ValueError, match=r"KD.TEACHER.PRECISION is 'half'; use one of \['fp32', 'bf16', 'fp16', 'auto'\]"):
+    with pytest.raises(
+        ValueError, match=r"KD.TEACHER.PRECISION is 'half'; use one of \['fp32', 'bf16', 'fp16', 'auto'\]"
+    ):
         teacher_dtype(load_config(TEACHER_CONFIG, "KD.TEACHER.PRECISION", "half"))
 
 

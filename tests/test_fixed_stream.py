@@ -1,4 +1,5 @@
 """DATALOADER.SEED: one training data stream (order and augmentations) whatever SEED."""
+
 import numpy as np
 import pytest
 import torch
@@ -53,14 +54,21 @@ def first_batches(cfg, count=3):
 
 
 def same_stream(a, b) -> bool:
-    return all(names_a == names_b and torch.equal(images_a, images_b) for (names_a, images_a), (names_b, images_b) in zip(a, b))
+    return all(
+        names_a == names_b and torch.equal(images_a, images_b) for (names_a, images_a), (names_b, images_b) in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_dataloader_seed_gives_every_seed_the_same_stream(stream_config, workers):
-    fixed = [first_batches(stream_config("SEED", seed, "DATALOADER.SEED", 5, "DATALOADER.NUM_WORKERS", workers)) for seed in (1, 2)]
+    fixed = [
+        first_batches(stream_config("SEED", seed, "DATALOADER.SEED", 5, "DATALOADER.NUM_WORKERS", workers))
+        for seed in (1, 2)
+    ]
     assert same_stream(*fixed)
-    assert not same_stream(fixed[0], first_batches(stream_config("SEED", 1, "DATALOADER.SEED", 6, "DATALOADER.NUM_WORKERS", workers)))
+    assert not same_stream(
+        fixed[0], first_batches(stream_config("SEED", 1, "DATALOADER.SEED", 6, "DATALOADER.NUM_WORKERS", workers))
+    )
 
 
 def test_without_dataloader_seed_the_stream_follows_seed(stream_config):

@@ -2,6 +2,7 @@
 declare, where its gradients go, half precision, unknown levels and empty input. A loss added to
 the registry is covered here without editing a list; a throwaway loss defined in this file trains
 two steps with no other edit."""
+
 import dataclasses
 import json
 import math
@@ -59,7 +60,9 @@ def empty_batch(loss) -> DistillationBatch:
         no_foreground = type(sampled)([sampled.labels[0].clamp(max=0)], [torch.zeros_like(sampled.matched_gt_boxes[0])])
         return DistillationBatch(
             student={"rpn": student, "rpn_labels": no_foreground, "anchors": anchors},
-            teacher={"rpn": rpn_records(num_images=1)[0]}, gt_instances=[], image_sizes=[],
+            teacher={"rpn": rpn_records(num_images=1)[0]},
+            gt_instances=[],
+            image_sizes=[],
         )
     return rcn_batch(sampled_proposals([[3]], with_gt=False) + sampled_proposals([[3]]))
 

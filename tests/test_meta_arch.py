@@ -1,4 +1,5 @@
 """DistillationRCNN keeps the teacher frozen and outside the student, and in eval mode *is* the student."""
+
 import re
 
 import numpy as np
@@ -24,13 +25,17 @@ TRAIN_STEPS = 3
 def cfg(teacher_weights, datasets_root):
     return load_config(
         FITNET_CONFIG,
-        "KD.TEACHER.CONFIG_FILE", str(TEACHER_CONFIG),
-        "KD.TEACHER.WEIGHTS", str(teacher_weights),
-        "SOLVER.BASE_LR", 0.005,
+        "KD.TEACHER.CONFIG_FILE",
+        str(TEACHER_CONFIG),
+        "KD.TEACHER.WEIGHTS",
+        str(teacher_weights),
+        "SOLVER.BASE_LR",
+        0.005,
         # After 3 steps the BN running statistics are far from the batch ones, so in eval mode
         # the class logits can be so large that every foreground score underflows to 0: a
         # negative threshold keeps those boxes, so the predictions compared are never empty.
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", -1.0,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        -1.0,
     )
 
 
@@ -124,7 +129,9 @@ def test_training_steps_change_the_student(trained, cfg):
     initial = build_model(cfg).state_dict()
     weight = "backbone.bottom_up.stem.conv1.weight"
     assert not torch.equal(model.state_dict()[weight], initial[weight])
-    assert not torch.equal(model.state_dict()["kd_losses.fitnet.adapters.p3.weight"], initial["kd_losses.fitnet.adapters.p3.weight"])
+    assert not torch.equal(
+        model.state_dict()["kd_losses.fitnet.adapters.p3.weight"], initial["kd_losses.fitnet.adapters.p3.weight"]
+    )
 
 
 def test_gradients_reach_student_and_adapters_but_not_teacher(cfg, train_images):
@@ -193,12 +200,18 @@ def trainer_at(cfg, iteration, tmp_path):
 
 def test_a_non_finite_distillation_loss_stops_training_before_the_step_naming_its_node(cfg, monkeypatch, tmp_path):
     trainer = trainer_at(cfg, 7, tmp_path)
-    monkeypatch.setattr(type(trainer.model.kd_losses.fitnet), "level_loss", lambda self, level, s, t: (s - t).pow(2).mean() * torch.inf)
+    monkeypatch.setattr(
+        type(trainer.model.kd_losses.fitnet), "level_loss", lambda self, level, s, t: (s - t).pow(2).mean() * torch.inf
+    )
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     with EventStorage(7) as trainer.storage, pytest.raises(FloatingPointError) as error:
         trainer.run_step()
     message = str(error.value)
-    assert "iteration=7" in message and re.search(r"'loss_kd_fitnet': (np\.float64\()?inf", message) and "KD.FITNET" in message
+    assert (
+        "iteration=7" in message
+        and re.search(r"'loss_kd_fitnet': (np\.float64\()?inf", message)
+        and "KD.FITNET" in message
+    )
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.named_parameters())  # no step taken
 
 

@@ -1,6 +1,7 @@
 """Mixed precision: every registered loss under CPU autocast (fp16 and bf16) on the records a
 model in autocast produces, at unit and large scale, against its float32 value; and the shapes
 teacher's FPN features under autocast against float32."""
+
 import copy
 
 import pytest
@@ -33,8 +34,10 @@ def realistic_batch(loss) -> DistillationBatch:
         student, anchors, sampled = rpn_records()
         teacher, _, _ = rpn_records()
         return DistillationBatch(
-            student={"rpn": student, "rpn_labels": sampled, "anchors": anchors}, teacher={"rpn": teacher},
-            gt_instances=[], image_sizes=[],
+            student={"rpn": student, "rpn_labels": sampled, "anchors": anchors},
+            teacher={"rpn": teacher},
+            gt_instances=[],
+            image_sizes=[],
         )
     proposals = sampled_proposals([[0, 2, 3, 1, 3, 3, 0, 3], [3, 1, 3, 2, 0, 3]])  # 3 is background
     return rcn_batch(proposals, box_dim=4 * NUM_CLASSES, feature_dims=BOX_FEATURE_DIMS)
@@ -74,12 +77,15 @@ def scaled(batch: DistillationBatch, scale: float, dtype: torch.dtype) -> Distil
 
     def convert(records):
         return {
-            k: map_tensors(v, lambda t: (scale * t).to(dtype)) if k in NETWORK_OUTPUTS else v for k, v in records.items()
+            k: map_tensors(v, lambda t: (scale * t).to(dtype)) if k in NETWORK_OUTPUTS else v
+            for k, v in records.items()
         }
 
     return DistillationBatch(
-        student=convert(batch.student), teacher=convert(batch.teacher),
-        gt_instances=batch.gt_instances, image_sizes=batch.image_sizes,
+        student=convert(batch.student),
+        teacher=convert(batch.teacher),
+        gt_instances=batch.gt_instances,
+        image_sizes=batch.image_sizes,
     )
 
 

@@ -1,5 +1,6 @@
 """Teachers named the way detectron2's model zoo names them: a config name detectron2 ships, and
 weights as a model-zoo .pkl, a detectron2:// URL in the download cache, or one that is not there."""
+
 import pickle
 import urllib.error
 
@@ -19,7 +20,9 @@ URL = "detectron2://kddet-test/shapes_teacher/model_final_000000.pkl"
 
 
 def fitnet_cfg(teacher_config, weights, *opts):
-    return load_config(FITNET_CONFIG, "KD.TEACHER.CONFIG_FILE", str(teacher_config), "KD.TEACHER.WEIGHTS", str(weights), *opts)
+    return load_config(
+        FITNET_CONFIG, "KD.TEACHER.CONFIG_FILE", str(teacher_config), "KD.TEACHER.WEIGHTS", str(weights), *opts
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,11 @@ def test_a_pkl_matched_by_heuristics_is_still_loaded_strictly(tmp_path, shapes_t
     state["backbone.fpn_output2.weight"] = state["backbone.fpn_output2.weight"][:8]
     weights = tmp_path / "model_final.pkl"
     write_zoo_pkl(weights, state, matching_heuristics=True)
-    with pytest.raises(ValueError, match=r"do not fit the teacher config: of its \d+ tensors, 1 are missing from the file "
-                                         r"\(e.g. \['roi_heads.box_predictor.cls_score.weight'\]\) and 1 have another shape"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not fit the teacher config: of its \d+ tensors, 1 are missing from the file "
+        r"\(e.g. \['roi_heads.box_predictor.cls_score.weight'\]\) and 1 have another shape",
+    ):
         build_teacher(fitnet_cfg(TEACHER_CONFIG, weights))
 
 
@@ -69,7 +75,9 @@ def test_detectron2_url_weights_load_from_the_download_cache(fvcore_cache, shape
     cached.parent.mkdir(parents=True)
     write_zoo_pkl(cached, shapes_teacher)
     teacher = build_teacher(fitnet_cfg(TEACHER_CONFIG, URL))
-    assert torch.equal(teacher.state_dict()["backbone.fpn_output2.weight"], shapes_teacher["backbone.fpn_output2.weight"])
+    assert torch.equal(
+        teacher.state_dict()["backbone.fpn_output2.weight"], shapes_teacher["backbone.fpn_output2.weight"]
+    )
     report, num_errors = dry_run(fitnet_cfg(TEACHER_CONFIG, URL), flops=False)
     assert num_errors == 0 and f"teacher weights (KD.TEACHER.WEIGHTS): {URL} (cached: {cached})" in report
 
@@ -82,7 +90,9 @@ def test_detectron2_url_weights_offline_say_where_to_put_the_file(fvcore_cache, 
     with pytest.raises(FileNotFoundError) as info:
         build_teacher(fitnet_cfg(TEACHER_CONFIG, URL))
     cached = fvcore_cache / "detectron2/kddet-test/shapes_teacher/model_final_000000.pkl"
-    assert f"KD.TEACHER.WEIGHTS {URL} is not in the download cache and could not be downloaded (URLError" in str(info.value)
+    assert f"KD.TEACHER.WEIGHTS {URL} is not in the download cache and could not be downloaded (URLError" in str(
+        info.value
+    )
     assert f"put it at {cached}" in str(info.value) and "or set KD.TEACHER.WEIGHTS to a local path" in str(info.value)
 
 
@@ -90,7 +100,9 @@ def test_a_model_zoo_config_name_is_the_teacher_config():
     teacher_cfg = load_teacher_config(fitnet_cfg(ZOO_TEACHER, "teacher.pkl"))
     assert (teacher_cfg.MODEL.RESNETS.DEPTH, teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES) == (101, 80)
     assert teacher_cfg.MODEL.WEIGHTS == "teacher.pkl" and teacher_cfg.MODEL.DEVICE == "cpu"
-    with pytest.raises(FileNotFoundError, match=r"detectron2's model zoo has no config of that name.*or to a model-zoo name"):
+    with pytest.raises(
+        FileNotFoundError, match=r"detectron2's model zoo has no config of that name.*or to a model-zoo name"
+    ):
         load_teacher_config(fitnet_cfg("COCO-Detection/faster_rcnn_R_1001_FPN_3x.yaml", "teacher.pkl"))
 
 

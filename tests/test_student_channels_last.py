@@ -1,5 +1,6 @@
 """MODEL.CHANNELS_LAST: the student in channels_last computes what the contiguous student computes
 (losses, gradients, predictions), alone and distilled; only the memory layout differs."""
+
 import numpy as np
 import pytest
 import torch
@@ -52,7 +53,8 @@ def test_channels_last_student_computes_what_the_contiguous_one_does(config, bat
     opts = teacher if config == FITNET else []
     _, losses, grads, predictions, proposals = losses_grads_and_predictions(config, batch, *opts)
     model, fast_losses, fast_grads, fast_predictions, fast_proposals = losses_grads_and_predictions(
-        config, batch, *opts, "MODEL.CHANNELS_LAST", True, proposals=proposals)
+        config, batch, *opts, "MODEL.CHANNELS_LAST", True, proposals=proposals
+    )
 
     # The RPN's own proposals agree but for the few near-ties that rounding flips.
     for fast, plain in zip(sum(fast_proposals, []), sum(proposals, [])):

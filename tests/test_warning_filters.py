@@ -1,5 +1,6 @@
 """kddet.warning_filters: the known-harmless third-party warnings are gone from every run that
 imports kddet, and any other warning still shows."""
+
 import subprocess
 import sys
 
