@@ -28,8 +28,6 @@ from kddet.engine import Trainer
 from kddet.launch import launch_cpu_processes
 from kddet.losses import kd_loss_classes, losses_need_teacher
 
-pytestmark = pytest.mark.slow
-
 REPRESENTATIVES = ["combined", "virtual_teacher"]
 NUM_PROCESSES = 2
 MAX_ITER = 3  # DDP reports a parameter that a step's loss left out when the next step starts
@@ -158,6 +156,7 @@ def test_every_recipe_gives_each_trainable_parameter_a_gradient_at_every_step(tw
 FROZEN_TEACHER_OUTSIDE_DDP = {"wrapped": False, "parameters_in_ddp": 0, "has_grads": False, "same_as_its_file": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", REPRESENTATIVES)
 def test_recipe_trains_in_two_processes(representatives, recipe):
     out, seen = representatives
@@ -186,6 +185,7 @@ def test_recipe_trains_in_two_processes(representatives, recipe):
     assert predicted_image_ids(output_dir) == set(TEST_IMAGES)
 
 
+@pytest.mark.slow
 def test_train_net_trains_checkpoints_and_evaluates_in_two_cpu_processes(
     tiny_shapes, teacher_weights, tmp_path, datasets_root
 ):

@@ -67,8 +67,6 @@ from kddet.capture import RECORD_KINDS
 from kddet.losses import kd_loss_classes
 from kddet.modeling.frozen_bn import measure_frozen_bn_statistics
 
-pytestmark = pytest.mark.slow
-
 CONFIGS = sorted(
     path.relative_to(REPO / "configs").as_posix()
     for family in ("voc", "coco")
@@ -337,6 +335,7 @@ def test_recipe_resizes_images_to_its_input_size(recipe, recipe_with_fixtures):
             check_size(sizes, (cfg.INPUT.MIN_SIZE_TEST,), cfg.INPUT.MAX_SIZE_TEST)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", REPRESENTATIVES)
 def test_recipe_trains_and_evaluates_at_its_input_size(recipe, runs):
     run = runs[recipe].result()
