@@ -41,6 +41,14 @@ TEACHER_CONFIG = REPO / "configs/shapes/teacher_slim_r18.yaml"
 STUDENT_CONFIG = REPO / "configs/shapes/student_slim_r8.yaml"
 
 
+def pytest_collection_modifyitems(items):
+    """The modules with end-to-end runs (the ``slow`` marker) first, each kept in its order: ``make
+    test``'s workers take whole modules in this order, and one that started a long module last would
+    run it alone while the other waits."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)
+
+
 @pytest.fixture(autouse=True)
 def known_warnings_filtered():
     """pytest restores its own warning filters around every test: apply kddet's again inside."""
