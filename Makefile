@@ -2,12 +2,17 @@
 # (scripts/setup_env.sh: quick and a no-op when nothing changed).
 PY := .venv/bin/python
 
-.PHONY: setup demo test results results-cpu-short ablations
+.PHONY: setup demo lint test results results-cpu-short ablations
 setup:
 	bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) tools/demo.py
+
+# ruff (pyproject.toml): the lint rules, then the formatting, over the whole tree.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Two pytest workers, one file each at a time (a file's module fixtures stay in one worker), one
 # thread each (tests/conftest.py); the ten slowest tests are listed at the end.
