@@ -7,8 +7,10 @@ once, each on half the cores, once the teacher is trained), each ending with COC
 kddet_shapes_val, then prints their box AP side by side and how far the student alone moves between
 seeds according to a committed results table of that student (results/embedded_scratch.json, or
 else a custom table of the same benchmark), whose student runs are the demo's while the two
-fingerprints of the student's settings match, so the gain can be read against that spread. Runs go
-to output/demo/<name>/ (log.txt, metrics.json, model_final.pth).
+fingerprints of the student's settings match, so the gain can be read against that spread. Last, it
+draws the teacher's and the distilled student's detections side by side on a few validation images.
+Runs go to output/demo/<name>/ (log.txt, metrics.json, model_final.pth), pictures to
+output/demo/side_by_side/.
 
     python tools/demo.py
     python tools/demo.py --device cuda
@@ -29,6 +31,7 @@ import kddet
 kddet.setup()  # compat shims and kddet's data set, before detectron2's modules
 
 from kddet.benchmarks import cache, schedule  # noqa: E402
+from kddet.visualize import draw_side_by_side  # noqa: E402
 
 REPO = schedule.REPO
 # Tables of the slim student from scratch, as here: the full one first, then one of some recipes.
@@ -46,6 +49,7 @@ RUNS = [  # (name, config, title, distilled from the teacher)
 # The results tables' "demo" schedule, to fit in ten minutes on a 2-core CPU: the teacher a sixth of its
 # config's 2400 iterations, the students their configs' 300; results/embedded_scratch.md has the full teacher.
 TEACHER_ITERS, STUDENT_ITERS = schedule.schedule_iters("demo")
+SIDE_BY_SIDE_IMAGES = 4
 
 
 def train_and_evaluate(
@@ -162,6 +166,16 @@ def main() -> None:
     student, source = quoted_spread(student_settings())
     print(f"\nkddet demo: COCO box AP on kddet_shapes_val (200 images), runs in {output_root}\n")
     print(format_table(rows, student, source, table_is_stale=student is None and RESULTS[0].is_file()))
+    pictures = draw_side_by_side(
+        REPO / teacher[1],
+        output_root / "teacher/model_final.pth",
+        REPO / students[0][1],
+        output_root / "combined/model_final.pth",
+        output_root / "side_by_side",
+        num_images=SIDE_BY_SIDE_IMAGES,
+        device=args.device,
+    )
+    print(f"\nTeacher (left) and distilled student (right) on {SIDE_BY_SIDE_IMAGES} validation images: {pictures}")
 
 
 if __name__ == "__main__":
