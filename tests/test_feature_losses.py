@@ -1,4 +1,4 @@
-"""Feature-level losses against direct, slow computations of their formulas (docs/methods.md),
+"""Feature-level losses against direct, slow computations of their formulas (docs/losses.md),
 their edge cases, the FGFI imitation mask, and 2 training iterations of every shapes recipe."""
 
 import importlib.util

@@ -32,6 +32,7 @@ autocast.
 import argparse
 import multiprocessing as mp
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -245,8 +246,10 @@ def benchmark_inference(args) -> str:
 
     threads = args.threads or len(os.sched_getaffinity(0))
     cuda = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name() if cuda else f"a {os.cpu_count()}-core {platform.machine()} CPU"
     lines = [
-        f"Device {args.device}{'' if cuda else f', threads of torch and ONNX Runtime: {threads}'}; random weights "
+        f"Measured on {machine}, device {args.device}"
+        f"{'' if cuda else f', threads of torch and ONNX Runtime: {threads}'}; random weights "
         "(frozen BatchNorm statistics measured on the images); random images of the size given, already resized "
         "for test. Latency: one call on one image (normalise, pad, backbone, RPN, box head, score threshold and "
         f"NMS), median and 90th percentile of {args.repeats} calls after {args.warmup} warm-up; images/s: batch "
