@@ -14,7 +14,7 @@ backbone forwards; ``--student-channels-last`` a row of the student alone in MOD
     python tools/benchmark.py --student configs/shapes/student_slim_r8.yaml \
         --recipes configs/shapes/fitnet.yaml configs/shapes/chen2017.yaml
     python tools/benchmark.py ... --teacher-precision bf16 --teacher-channels-last
-    python tools/benchmark.py --student configs/coco/student_R18.yaml --recipes configs/coco/fitnet.yaml \
+    python tools/benchmark.py --student configs/coco/student_R18.yaml --recipes configs/coco/chen2017.yaml \
         --image-size 800 1216 --batch-size 2 --output results/benchmark_cpu_800.md
     python tools/benchmark.py ... --device cuda --amp
 
