@@ -3,6 +3,7 @@
 Tools and tests start with ``kddet.setup()``. Importing kddet applies detectron2's compatibility
 shims too, as its own modules import detectron2's; it registers no data set.
 """
+
 from . import warning_filters  # noqa: F401  (before detectron2's modeling code warns on import)
 from .compat import apply_shims
 

@@ -3,6 +3,7 @@
 They are trained with the student, saved in its checkpoint and dropped by
 ``tools/export_student.py``.
 """
+
 from torch import nn
 
 __all__ = ["build_adapter", "match_channels"]

@@ -13,6 +13,7 @@ The scale is computed from detached values (no gradient flows through it), reduc
 processes, kept in the checkpoint (a resumed run keeps it), logged once and recorded in the
 metrics as ``kd_balance/<loss>``.
 """
+
 import logging
 import zlib
 from typing import Dict, Sequence
@@ -106,6 +107,10 @@ class LossBalancer(nn.Module):
             logger.info(
                 "KD.BALANCE: %s held at x%.4g of its configured weight: its terms averaged %.4g against the "
                 "detector's %.4g over %d iterations, now %.3g of them.",
-                self.losses[i], float(self.scale[i]), float(self.loss_sum[i] / self.iters),
-                float(self.detector_sum[i] / self.iters), self.iters, self.ratio,
+                self.losses[i],
+                float(self.scale[i]),
+                float(self.loss_sum[i] / self.iters),
+                float(self.detector_sum[i] / self.iters),
+                self.iters,
+                self.ratio,
             )

@@ -8,6 +8,7 @@ them. The teacher computes the kinds the enabled losses read of it on the studen
 sampled proposals, so that its rows line up with the student's. ``RCNNProbe`` checks at build time
 that both networks have the parts their records come from.
 """
+
 import contextlib
 import functools
 from dataclasses import dataclass
@@ -98,20 +99,31 @@ RECORD_KINDS: Dict[str, RecordKind] = {
     "features": RecordKind("features", "backbone", teacher=_teacher_features, teacher_parts=("backbone",)),
     "anchors": RecordKind("RPN", "proposal_generator.anchor_generator"),  # list of Boxes, one per level
     "rpn": RecordKind(
-        "RPN", "proposal_generator.rpn_head", lambda output: RPNOutputs(*output), _teacher_rpn,
-        ("proposal_generator.in_features", "proposal_generator.rpn_head"), ("features",),
+        "RPN",
+        "proposal_generator.rpn_head",
+        lambda output: RPNOutputs(*output),
+        _teacher_rpn,
+        ("proposal_generator.in_features", "proposal_generator.rpn_head"),
+        ("features",),
     ),
     "rpn_labels": RecordKind(
         "RPN", "proposal_generator.label_and_sample_anchors", lambda output: SampledAnchors(*output)
     ),
     "proposals": RecordKind("RoI", "roi_heads.label_and_sample_proposals"),  # sampled Instances with gt fields
     "box_features": RecordKind(  # (R, D) box-head features of the sampled proposals
-        "RoI", "roi_heads.box_head", teacher=_teacher_box_features, teacher_parts=_BOX_HEAD,
+        "RoI",
+        "roi_heads.box_head",
+        teacher=_teacher_box_features,
+        teacher_parts=_BOX_HEAD,
         uses=("features", "proposals"),
     ),
     "predictions": RecordKind(
-        "RoI", "roi_heads.box_predictor", lambda output: BoxPredictions(*output), _teacher_predictions,
-        (*_BOX_HEAD, "roi_heads.box_predictor"), ("box_features", "proposals"),
+        "RoI",
+        "roi_heads.box_predictor",
+        lambda output: BoxPredictions(*output),
+        _teacher_predictions,
+        (*_BOX_HEAD, "roi_heads.box_predictor"),
+        ("box_features", "proposals"),
     ),
 }
 
@@ -184,8 +196,11 @@ class RCNNProbe:
 
     def recorder(self, student: nn.Module) -> "Recorder":
         """A Recorder of the student's kinds: ``with probe.recorder(student) as r: student(x)``."""
-        return Recorder(student, {name: RECORD_KINDS[name].student_source for name in self.student_kinds},
-                        {name: RECORD_KINDS[name].as_record for name in self.student_kinds})
+        return Recorder(
+            student,
+            {name: RECORD_KINDS[name].student_source for name in self.student_kinds},
+            {name: RECORD_KINDS[name].as_record for name in self.student_kinds},
+        )
 
     def teacher_records(self, teacher: nn.Module, images: torch.Tensor, student: Mapping[str, Any]) -> Dict[str, Any]:
         """The teacher's kinds, computed on its preprocessed ``images`` and the ``student``'s records."""

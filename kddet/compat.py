@@ -5,6 +5,7 @@ such a build is recent enough not to need any of it. ``apply_shims()`` must run 
 ``detectron2.layers`` / ``detectron2.data`` import: ``kddet.setup()``, which tools and tests call
 first, runs it, and so does ``import kddet`` (kddet's modules import detectron2's).
 """
+
 import importlib.util
 import sys
 import types

@@ -1,5 +1,6 @@
 """Parameters and inference FLOPs of a detector, counted by fvcore (tools/benchmark.py and
 the benchmark tables of kddet.benchmarks report them for teacher and student)."""
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model

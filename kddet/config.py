@@ -6,6 +6,7 @@ file and weights under ``KD.TEACHER``; nothing of detectron2's defaults is copie
 its own node ``KD.<NAME>`` (weight, the feature levels it reads, its options), whose defaults
 the loss gives next to its code.
 """
+
 import os
 from typing import Any, Optional, Sequence, Tuple
 

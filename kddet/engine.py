@@ -1,4 +1,5 @@
 """The trainer and config set-up shared by tools/train_net.py and the demo."""
+
 import logging
 import os
 from unittest import mock

@@ -6,6 +6,7 @@ sets the process's CUDA device. The CPU needs none of that; what its processes n
 launcher is the same otherwise: a process group of all of them, and detectron2's local process
 group (``comm.get_local_rank()`` and ``get_local_size()`` read it), then the same ``main``.
 """
+
 import os
 from datetime import timedelta
 from typing import Callable, Sequence

@@ -5,6 +5,7 @@ A config may name a teacher the way detectron2's model zoo does: ``KD.TEACHER.CO
 ``KD.TEACHER.WEIGHTS`` ``detectron2://COCO-Detection/.../model_final_f6e8b1.pkl`` (fetched once
 into iopath's download cache, as detectron2 fetches it). A local file of the same name wins.
 """
+
 import os
 from typing import Optional
 from urllib.parse import urlparse
@@ -38,7 +39,7 @@ def cached_file(url: str) -> str:
     """Where detectron2's PathManager keeps ``url`` once downloaded: ``$FVCORE_CACHE`` (default
     ``~/.torch/iopath_cache``), then the URL's path (``detectron2://X`` is detectron2's S3 URL)."""
     if url.startswith(Detectron2Handler.PREFIX):
-        url = Detectron2Handler.S3_DETECTRON2_PREFIX + url[len(Detectron2Handler.PREFIX):]
+        url = Detectron2Handler.S3_DETECTRON2_PREFIX + url[len(Detectron2Handler.PREFIX) :]
     return os.path.join(get_cache_dir(), urlparse(url).path.lstrip("/"))
 
 

@@ -8,6 +8,7 @@ stops on settings that cannot train as written and warns about settings that do 
 Loss nodes are read generically (``*WEIGHT``, ``MU``, ``IN_FEATURES``, ``WARMUP_ITERS`` where a
 node has them), so a new loss is checked without code of its own here.
 """
+
 import logging
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -174,13 +175,15 @@ def distillation_summary(
             node = cfg.KD[name.upper()]
             cls = KD_LOSS_REGISTRY.get(name)
             parts = dict.fromkeys(RECORD_KINDS[need].part for need in cls.needs)
-            rows.append([
-                name,
-                ", ".join(f"{term} {value:g}" for term, value in term_weights(node).items()) or "-",
-                " ".join(node.get("IN_FEATURES", [])) or "-",
-                node.get("WARMUP_ITERS", "-"),
-                " + ".join(parts) + ("" if cls.needs_teacher else " (no teacher)"),
-            ])
+            rows.append(
+                [
+                    name,
+                    ", ".join(f"{term} {value:g}" for term, value in term_weights(node).items()) or "-",
+                    " ".join(node.get("IN_FEATURES", [])) or "-",
+                    node.get("WARMUP_ITERS", "-"),
+                    " + ".join(parts) + ("" if cls.needs_teacher else " (no teacher)"),
+                ]
+            )
         headers = ["loss", "weight", "levels", "warm-up iters", "reads"]
         lines.append(tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True))
         balance = cfg.KD.BALANCE

@@ -1,4 +1,5 @@
 """Build the frozen teacher from its own config file and weights, and check it fits the student."""
+
 import logging
 import os
 from collections import Counter

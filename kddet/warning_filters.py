@@ -4,6 +4,7 @@ Each filter matches one known message from a library kddet depends on, so that t
 matter stay readable; any other warning (kddet's own included) is shown as Python shows it.
 Importing this module applies them; ``import kddet`` does, before detectron2's modeling code.
 """
+
 import warnings
 
 __all__ = ["filter_known_warnings"]

@@ -8,13 +8,14 @@ yaml files as package data. ``kddet.compat`` supplies what the missing extension
 
 Usage: python scripts/build_detectron2_wheel.py SDIST.tar.gz OUT_DIR
 """
+
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-SETUP_PY = '''
+SETUP_PY = """
 from setuptools import find_packages, setup
 
 setup(
@@ -31,7 +32,7 @@ setup(
         "iopath>=0.1.7,<0.1.10", "omegaconf>=2.1", "hydra-core>=1.1",
     ],
 )
-'''
+"""
 
 
 def main(sdist: str, out_dir: str) -> None:
@@ -42,8 +43,7 @@ def main(sdist: str, out_dir: str) -> None:
         (src / "setup.py").write_text(SETUP_PY)
         (src / "pyproject.toml").unlink(missing_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "-q", "-w", out_dir, str(src)],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out_dir, str(src)],
             check=True,
         )
 

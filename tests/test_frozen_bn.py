@@ -1,5 +1,6 @@
 """kddet.modeling.frozen_bn: a random FrozenBN network's statistics, measured layer after layer,
 normalise what each frozen BatchNorm sees; a network with trainable BatchNorm is left alone."""
+
 import torch
 
 from detectron2.layers import FrozenBatchNorm2d

@@ -17,6 +17,7 @@ name and none is guessed. The classifier, MobileNetV2's 1280-channel last convol
 kddet's MobileNetV2 leaves out) and BatchNorm's ``num_batches_tracked`` are dropped. The config
 lines that build the matching backbone are printed.
 """
+
 import argparse
 import os
 import pickle
@@ -123,7 +124,8 @@ def read_state_dict(arch: str, source: Path) -> Dict[str, torch.Tensor]:
     unexpected = [name for name in state if name not in expected]
     shapes = [
         f"{name} {tuple(state[name].shape)} (not {tuple(value.shape)})"
-        for name, value in expected.items() if name in state and value.shape != state[name].shape
+        for name, value in expected.items()
+        if name in state and value.shape != state[name].shape
     ]
     if missing or unexpected or shapes:
         problems = [
@@ -132,7 +134,8 @@ def read_state_dict(arch: str, source: Path) -> Dict[str, torch.Tensor]:
             f"{len(shapes)} of another shape ({_differences(shapes)})" if shapes else "",
         ]
         raise ValueError(
-            f"{source} is not torchvision's {arch}: tensors " + "; ".join(p for p in problems if p)
+            f"{source} is not torchvision's {arch}: tensors "
+            + "; ".join(p for p in problems if p)
             + f". Pass the {arch} file, or the architecture it is from."
         )
     return state
@@ -145,7 +148,9 @@ def convert(arch: str, source: Optional[Path] = None, output: Optional[Path] = N
         raise ValueError(f"Unknown architecture '{arch}': one of {', '.join(ARCHS)}")
     if source is None:
         if arch != "mobilenet_v2":
-            raise FileNotFoundError(f"{arch} needs SOURCE, torchvision's ImageNet state dict (no {arch} weights ship offline)")
+            raise FileNotFoundError(
+                f"{arch} needs SOURCE, torchvision's ImageNet state dict (no {arch} weights ship offline)"
+            )
         source = shipped_mobilenet_v2()
     output = Path(output or ARCHS[arch].output)
     if output.suffix != ".pkl":
@@ -184,8 +189,15 @@ def convert_shipped_if_missing(weights: Path, root: Path) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("arch", help=f"torchvision architecture: {', '.join(ARCHS)}")
-    parser.add_argument("source", nargs="?", type=Path, help="torchvision state dict (.pth); mobilenet_v2: default the shipped file")
-    parser.add_argument("-o", "--output", type=Path, help="where to write the .pkl (default: pretrained/<R-18|R-34|R-50|mobilenet_v2>.pkl)")
+    parser.add_argument(
+        "source", nargs="?", type=Path, help="torchvision state dict (.pth); mobilenet_v2: default the shipped file"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="where to write the .pkl (default: pretrained/<R-18|R-34|R-50|mobilenet_v2>.pkl)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = parser.parse_args(argv)
     try:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Train and evaluate teachers, students and distilled students (detectron2's train_net).
 
-    python tools/train_net.py --config-file configs/shapes/fitnet.yaml
-    python tools/train_net.py --config-file configs/shapes/fitnet.yaml --check   # dry run, no training
-    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
-    python tools/train_net.py --config-file CONFIG --num-gpus 8 --resume
-    python tools/train_net.py --config-file configs/shapes/fitnet.yaml --num-cpu-processes 2   # MODEL.DEVICE cpu
+python tools/train_net.py --config-file configs/shapes/fitnet.yaml
+python tools/train_net.py --config-file configs/shapes/fitnet.yaml --check   # dry run, no training
+python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+python tools/train_net.py --config-file CONFIG --num-gpus 8 --resume
+python tools/train_net.py --config-file configs/shapes/fitnet.yaml --num-cpu-processes 2   # MODEL.DEVICE cpu
 """
+
 import sys
 
 import kddet

@@ -9,6 +9,7 @@ per anchored level (the image, its GT boxes, and the locations FGFI imitates sha
 The masks come from the student config's backbone and anchor generator and its KD.FGFI options;
 no teacher and no weights are needed. Images are resized as at test time, without flips.
 """
+
 import kddet
 
 kddet.setup()  # compat shims and kddet's data set, before detectron2's modules

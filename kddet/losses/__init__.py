@@ -1,4 +1,5 @@
 """Distillation losses; importing this package registers every one of them."""
+
 from .build import (
     KD_LOSS_REGISTRY,
     DistillationBatch,

@@ -4,6 +4,7 @@ Boundaries Formed by Hidden Neurons", AAAI 2019).
 The student learns on which side of zero each teacher response lies, with a margin, rather than
 its value. The student passes through a 1x1 conv + BN to the teacher's width, as in the paper.
 """
+
 from typing import Mapping
 
 import torch

@@ -3,6 +3,7 @@
 The student matches where the teacher's features are strong, summed over channels, so the two
 widths need not agree and no adapter is trained.
 """
+
 from typing import Mapping
 
 import torch

@@ -6,6 +6,7 @@ by, its node ``KD.<NAME>`` spells upper-cased, and its checkpoint keys ``kd_loss
 metrics ``loss_kd_<name>*`` lower-cased. It is built from its node through ``@configurable``
 ``from_config(cls, cfg, student_shapes, teacher_shapes)``.
 """
+
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Mapping, Sequence, Tuple
 

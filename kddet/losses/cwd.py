@@ -5,6 +5,7 @@ Each channel becomes a distribution over positions (a spatial softmax); the stud
 teacher's, so it learns where each channel fires rather than how strongly. A student narrower
 than its teacher passes through a 1x1 adapter to the teacher's width.
 """
+
 from typing import Mapping
 
 import torch

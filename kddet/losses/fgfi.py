@@ -5,6 +5,7 @@ The student imitates the teacher only near objects: at the locations whose ancho
 ground-truth box well. The anchors are the student's own, so the mask follows the student's
 RPN settings. ``imitation_masks`` is shared with ``tools/visualize_imitation_mask.py``.
 """
+
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch

@@ -1,4 +1,5 @@
 """FitNets hints (Romero et al., ICLR 2015), as used on detectors by Chen et al. 2017."""
+
 from typing import Mapping
 
 import torch

@@ -6,6 +6,7 @@ consecutive FPN levels. G is C x C, so a student narrower than its teacher first
 through a 1x1 adapter to the teacher's width (identity when the widths agree); the paper pairs
 networks of equal width and has no adapter.
 """
+
 from typing import Dict, Sequence
 
 import torch

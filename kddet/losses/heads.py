@@ -5,6 +5,7 @@ them out as one row per anchor (level, then y, x, then anchor), the order of the
 the labels ``label_and_sample_anchors`` returns. The RoI head already has one row per sampled
 proposal; for class-specific box deltas, the row's ground-truth class picks the 4 columns.
 """
+
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -101,4 +102,3 @@ def mean_over_images(
     if not losses:
         return student_rows.float().sum() * 0.0
     return torch.stack(losses).mean()
-

@@ -1,4 +1,5 @@
 """Knowledge distillation on the RoI head's class scores (Hinton et al., 2015)."""
+
 from typing import Dict
 
 import torch

@@ -5,6 +5,7 @@ Each channel's activation map is one sample of where the network responds; NST m
 distribution of the student's samples to the teacher's by their MMD. The channel counts need
 not agree, so no adapter is trained.
 """
+
 from typing import Mapping
 
 import torch
@@ -59,9 +60,7 @@ def nst_loss(
     with torch.autocast(device_type=teacher.device.type, enabled=False):
         k = _kernel_matrix(torch.cat([teacher_samples, student_samples], dim=1), kernel, degree, constant)
     c_t = teacher_samples.shape[1]
-    mmd2 = (
-        k[:, :c_t, :c_t].mean(dim=(1, 2)) + k[:, c_t:, c_t:].mean(dim=(1, 2)) - 2 * k[:, :c_t, c_t:].mean(dim=(1, 2))
-    )
+    mmd2 = k[:, :c_t, :c_t].mean(dim=(1, 2)) + k[:, c_t:, c_t:].mean(dim=(1, 2)) - 2 * k[:, :c_t, c_t:].mean(dim=(1, 2))
     return 0.5 * mmd2.mean()
 
 
@@ -91,7 +90,9 @@ class NST(PerLevelFeatureLoss):
         node = cls.config_node(cfg)
         return dict(
             super().from_config(cfg, student_shapes, teacher_shapes),
-            kernel=node.KERNEL, degree=node.POLY_DEGREE, constant=node.POLY_CONSTANT,
+            kernel=node.KERNEL,
+            degree=node.POLY_DEGREE,
+            constant=node.POLY_CONSTANT,
         )
 
     def level_loss(self, level: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ passes through a 1x1 conv + BN and is not pushed below the teacher where both ar
 (partial L2). The paper takes the margin from the BN that precedes the feature; FPN outputs have
 none, so the margin is a running estimate of ``E[x | x < 0]`` per channel, kept as a buffer.
 """
+
 from typing import Dict, Mapping
 
 import torch

@@ -1,5 +1,6 @@
 """The shape most feature losses share: one comparison per FPN level of ``IN_FEATURES``, the
 student passed through a per-level adapter first, the mean over levels times ``WEIGHT``."""
+
 from typing import Dict, Mapping, Sequence
 
 import torch

@@ -5,6 +5,7 @@ Standardising each channel first removes the difference in magnitude between the
 the MSE compares only the pattern (it equals 2 * (1 - Pearson correlation)). A student narrower
 than its teacher passes through a 1x1 adapter to the teacher's width.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,5 +1,6 @@
 """Probabilistic knowledge transfer, PKT (Passalis & Tefas, ECCV 2018), on the box-head features
 of the student's sampled proposals."""
+
 import torch
 import torch.nn.functional as F
 

@@ -1,4 +1,5 @@
 """Teacher-bounded box regression of the RoI head (Chen et al., NeurIPS 2017)."""
+
 from typing import Dict
 
 import torch

@@ -1,4 +1,5 @@
 """Soft classification of the RoI head by its teacher (Chen et al., NeurIPS 2017)."""
+
 from typing import Dict
 
 import torch

@@ -1,5 +1,6 @@
 """Relational knowledge distillation, RKD (Park et al., CVPR 2019), distance and angle, on the
 box-head features of the student's sampled proposals."""
+
 from typing import Dict
 
 import torch

@@ -1,5 +1,6 @@
 """The shape the RoI relation losses (PKT, SP) share: one relation loss between the student's and
 the teacher's box-head features of the same sampled proposals, taken within each image."""
+
 from typing import Callable, Dict
 
 import torch

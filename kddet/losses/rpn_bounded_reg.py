@@ -3,6 +3,7 @@
 Rows are the foreground anchors the RPN's own loss samples (recorded "rpn_labels"); targets
 are the deltas from those anchors to their matched ground truth, as the RPN computes them.
 """
+
 from typing import Dict
 
 import torch

@@ -6,6 +6,7 @@ the two terms of ``mu * L_hard + (1 - mu) * L_soft`` see the same rows. The soft
 mean; detectron2 divides the hard term by the requested sample size (``RPN.BATCH_SIZE_PER_IMAGE``
 per image), the same number whenever an image has anchors enough to fill its sample.
 """
+
 from typing import Dict
 
 import torch

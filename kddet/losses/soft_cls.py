@@ -1,5 +1,6 @@
 """What the soft classification losses of Chen et al. (NeurIPS 2017) share, for the RPN's
 objectness (``rpn_soft_cls.py``) and the RoI head's classes (``rcn_soft_cls.py``)."""
+
 from typing import Dict
 
 import torch

@@ -1,5 +1,6 @@
 """Similarity-preserving distillation, SP (Tung & Mori, ICCV 2019), on the box-head features of
 the student's sampled proposals."""
+
 import torch
 import torch.nn.functional as F
 

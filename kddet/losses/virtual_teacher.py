@@ -1,5 +1,6 @@
 """The teacher-free virtual teacher (Yuan et al., CVPR 2020, "Revisit KD: a teacher-free
 framework", Tf-KD_reg): soft targets from the labels alone, no teacher network."""
+
 from typing import Dict
 
 import torch

@@ -7,6 +7,7 @@ and runs under ``no_grad``, in the precision and memory format of ``KD.TEACHER``
 student's autocast, and its records reach the losses in fp32. In eval mode the model returns
 exactly what the student returns.
 """
+
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -86,8 +87,12 @@ class DistillationRCNN(GeneralizedRCNN):
         teacher_shapes = teacher.backbone.output_shape() if teacher is not None else {}
         kd_losses = build_kd_losses(cfg, student_shapes, teacher_shapes)
         return dict(
-            student_kwargs, teacher=teacher, kd_losses=kd_losses, kd_balancer=build_balancer(cfg, kd_losses),
-            teacher_precision=teacher_dtype(cfg), teacher_channels_last=cfg.KD.TEACHER.CHANNELS_LAST,
+            student_kwargs,
+            teacher=teacher,
+            kd_losses=kd_losses,
+            kd_balancer=build_balancer(cfg, kd_losses),
+            teacher_precision=teacher_dtype(cfg),
+            teacher_channels_last=cfg.KD.TEACHER.CHANNELS_LAST,
         )
 
     def _check_teacher_fits(self) -> None:

@@ -6,6 +6,7 @@ standard deviation of ~1e6 and anything trained on them diverges at once. Measur
 on an image, as BatchNorm's running averages would hold them, gives the random network the
 activation scale of a trained one.
 """
+
 from typing import Dict, List
 
 import torch

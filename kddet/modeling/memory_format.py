@@ -3,6 +3,7 @@
 Only the order of values in memory changes, never the values: oneDNN on CPUs and cuDNN's tensor
 cores often run NHWC convolutions faster. tools/benchmark.py measures whether they do here.
 """
+
 import torch
 from torch import nn
 

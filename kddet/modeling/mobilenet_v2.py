@@ -6,6 +6,7 @@ strides so that its FPN builds p2..p6 from them exactly as from a ResNet, and ev
 names ResNet stages (``MODEL.FPN.IN_FEATURES``, ``MODEL.BACKBONE.FREEZE_AT``) reads it unchanged.
 torchvision's ImageNet weights load into it by name once converted (tools/convert_pretrained.py).
 """
+
 from typing import Dict, Sequence
 
 from torch import Tensor, nn

@@ -4,6 +4,7 @@ detectron2's R18/R34 fix the widths at 64..512 and the depths at (2,2,2,2)/(3,4,
 embedded data set needs teachers and students small enough to train on a laptop CPU, with a
 clear capacity gap between them. Built from detectron2's own stem, blocks and FPN.
 """
+
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
