@@ -182,7 +182,7 @@ def tune(
     ``study_dir`` if it exists; write the chosen recipe (``output``, default
     ``study_dir/<recipe>_tuned.yaml``) and the report ``study_dir/report.md`` with its chart."""
     base = load_config(recipe, opts)
-    dataset = dataset or _validation_set(base)
+    dataset = _validation_set(dataset or (base.DATASETS.TEST[0] if base.DATASETS.TEST else ""))
     dimensions = load_search_space(space_file, base)
     study_path = Path(study_dir)
     study_path.mkdir(parents=True, exist_ok=True)
@@ -251,11 +251,11 @@ def tune(
     return TuningResult(best_params, best.value, recipe_file, report_file, len(study.trials))
 
 
-def _validation_set(cfg: CfgNode) -> str:
-    name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else ""
+def _validation_set(name: str) -> str:
+    """``name``, unless it is empty or names a test split."""
     if not name or "test" in name.split("_")[-1]:
         raise ValueError(
-            f"The recipe evaluates on {name or 'no data set'}; a search must score its trials on a validation set, "
+            f"The trials would be scored on {name or 'no data set'}; a search must score them on a validation set, "
             "never on the images the result is reported on. Pass --dataset NAME (e.g. kddet_shapes_val)."
         )
     return name
@@ -286,6 +286,8 @@ def write_recipe(path: Path, recipe: str, params: Dict[str, Any], best: optuna.t
         f"# Chosen by tools/tune_recipe.py over {settings['space']}: trial {best.number}, box AP {best.value:.1f} "
         f"(seeds {settings['seeds']}: {seeds})\n# on {settings['dataset']}. Report the recipe on a held-out test set.\n"
     )
+    if settings["opts"]:
+        header += f"# Every trial also set: {' '.join(map(str, settings['opts']))}\n"
     body = yaml.safe_dump({"_BASE_": base, **_nested(params)}, sort_keys=False, default_flow_style=None)
     path.write_text(header + body)
 

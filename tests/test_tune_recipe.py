@@ -90,6 +90,8 @@ def test_a_test_set_is_refused_as_the_validation_set(tmp_path):
     space = write_space(tmp_path / "space.yaml", {"KD.NST.WEIGHT": {"low": 1.0, "high": 2.0}})
     with pytest.raises(ValueError, match="Pass --dataset"):
         tune(str(recipe), space, 1, str(tmp_path / "study"))
+    with pytest.raises(ValueError, match="scored on kddet_shapes_test"):
+        tune(str(recipe), space, 1, str(tmp_path / "study"), dataset="kddet_shapes_test")
 
 
 class FakeTrial:
@@ -155,7 +157,9 @@ def test_a_tiny_search_writes_its_recipe_and_report_and_resumes(tmp_path, tiny_s
     chosen = load_config(result.recipe_file, "KD.TEACHER.WEIGHTS", str(teacher_weights))
     assert chosen.KD.NST.WEIGHT == pytest.approx(best.params["KD.NST.WEIGHT"])
     assert chosen.KD.LOSSES == load_config(RECIPE).KD.LOSSES  # the recipe's own settings come through _BASE_
-    assert "tune_tiny_val" in result.recipe_file.read_text().splitlines()[1]
+    header = result.recipe_file.read_text().splitlines()
+    assert "tune_tiny_val" in header[1]
+    assert header[2] == "# Every trial also set: " + " ".join(opts)  # what the trials were scored with
     report = result.report_file.read_text()
     assert report.count("| complete |") == 2 and report.count("| fail |") == 1
     assert (study_dir / "report.png").stat().st_size > 0
