@@ -194,7 +194,9 @@ def _export_onnx(detector: TraceableDetector, images: tuple, path: Path) -> None
     inputs = [f"image{i}" for i in range(len(images))]
     outputs = [f"{name}{i}" for i in range(len(images)) for name in ("boxes", "scores", "classes")]
     dynamic_axes = {name: {1: f"height{i}", 2: f"width{i}"} for i, name in enumerate(inputs)}
-    dynamic_axes.update({name: {0: f"detections{name[-1]}"} for name in outputs})
+    dynamic_axes.update(
+        {f"{name}{i}": {0: f"detections{i}"} for i in range(len(images)) for name in ("boxes", "scores", "classes")}
+    )
     torch.onnx.export(
         detector,
         images,

@@ -48,7 +48,9 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from kddet.config import load_config
 from kddet.engine import student_only
 from kddet.export import (
+    BOX_TOLERANCE,
     FORMATS,
+    SCORE_TOLERANCE,
     SUFFIXES,
     ExportError,
     ParityError,
@@ -149,10 +151,21 @@ def export_traced(config_file: Path, target: Path, format: str, parity_images: S
     images = parity_inputs(cfg, parity_images)
     export_model(model, images[:1], target, format)
     try:
-        return check_parity(load_detector("pth", model), load_detector(format, target), images)
+        compared = check_parity(load_detector("pth", model), load_detector(format, target), images)
     except ParityError as e:
         target.unlink()
         raise ParityError(f"{target} detects otherwise than the PyTorch student, deleted: {e}") from e
+    if compared:
+        print(
+            f"Parity: {target} finds the PyTorch student's {compared} detections on {len(images)} images "
+            f"(boxes within {BOX_TOLERANCE} px, scores within {SCORE_TOLERANCE}, same classes)"
+        )
+    else:
+        print(
+            f"Parity: NOTHING was compared, the student detects nothing on the {len(images)} parity images above "
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST; pass --parity-images with images it detects objects on."
+        )
+    return compared
 
 
 def main(argv=None) -> int:
@@ -187,10 +200,7 @@ def main(argv=None) -> int:
     config = args.output.with_suffix(".yaml")
     print(f"Wrote the student's {len(state)} tensors to {args.output} and its config to {config}")
     if args.format != "pth":
-        print(
-            f"Wrote the student in {args.format} to {args.output.with_suffix(SUFFIXES[args.format])}: it detects "
-            "what the PyTorch student detects on the parity images (0.1 px, 0.001 score)"
-        )
+        print(f"Wrote the student in {args.format} to {args.output.with_suffix(SUFFIXES[args.format])}")
     return 0
 
 
