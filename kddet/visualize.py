@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
@@ -54,9 +55,11 @@ def side_by_side(panels: List[np.ndarray], titles: List[str], gap: int = 8) -> n
 def _predictor(config: Union[str, Path], weights: Union[str, Path], device: str):
     cfg = load_config(config, ["MODEL.DEVICE", device])
     model = build_model(cfg).eval()
-    # A DistillationRCNN checkpoint holds the student with the losses' layers: keep the student's.
-    state = student_state(torch.load(weights, map_location="cpu", weights_only=False))
-    model.load_state_dict(state)
+    if str(weights).endswith(".pth"):
+        # A DistillationRCNN checkpoint holds the student with the losses' layers: keep the student's.
+        model.load_state_dict(student_state(torch.load(weights, map_location="cpu", weights_only=False)))
+    else:  # detectron2's .pkl and model-zoo names
+        DetectionCheckpointer(model).load(str(weights))
     return cfg, Predictor(cfg, load_detector("pth", model))
 
 
@@ -84,6 +87,8 @@ def draw_side_by_side(
         "student": _predictor(student_config, student_weights, device),
     }
     student_cfg = models["student"][0]
+    if not dataset and not student_cfg.DATASETS.TEST:
+        raise ValueError(f"{student_config} names no test set (DATASETS.TEST): pass the data set to draw.")
     dataset = dataset or student_cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(dataset)
     for record in DatasetCatalog.get(dataset)[:num_images]:

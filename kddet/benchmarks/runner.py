@@ -47,7 +47,7 @@ def portable(path: Path, root: Path = REPO) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
-        return str(path)
+        return str(path.resolve())  # runs start in the repository: a relative path outside it would move
 
 
 def git_commit(root: Path = REPO) -> str:

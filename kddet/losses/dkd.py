@@ -61,7 +61,7 @@ def dkd_loss(
 @KD_LOSS_REGISTRY.register()
 class DKD(DistillationLoss):
     """DKD on the RoI classifier's logits of the student's sampled proposals; ``loss_kd_dkd`` is
-    ``alpha * TCKD + beta * NCKD`` (the weights are ALPHA and BETA, no separate WEIGHT)."""
+    ``T^2 * (alpha * TCKD + beta * NCKD)`` (the weights are ALPHA and BETA, no separate WEIGHT)."""
 
     needs = ("proposals", "predictions")
 
