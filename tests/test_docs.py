@@ -63,6 +63,12 @@ def test_readme_is_short():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move details to docs/"
 
 
+def test_readme_states_how_long_the_suite_takes():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"The test suite \(`make test`\) takes about \d+ minutes", readme)
+    assert stated, "fill in the measured make test time"
+
+
 def test_docs_has_a_page_per_question():
     missing = [page for page in PAGES if not (REPO / "docs" / page).is_file()]
     assert not missing, f"docs/ lacks {missing}"

@@ -19,6 +19,7 @@ output/demo/side_by_side/.
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -148,24 +149,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(REPO / "output/demo"), help="folder for the three runs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--record", type=Path, help="also write the printed table to this file (results/demo.md)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="print (and --record) the table of the last runs, training nothing"
+    )
     args = parser.parse_args()
     output_root = Path(args.output).resolve()
     os.environ.setdefault("DETECTRON2_DATASETS", str(REPO / "datasets"))
     teacher, *students = RUNS
-    rows = {"teacher": train_and_evaluate(*teacher[:2], teacher[3], output_root, args.device)}
-    # The two students share the machine: on a CPU each gets half its cores, on a GPU they take turns.
-    parallel = args.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
-    threads = len(os.sched_getaffinity(0)) // 2 if parallel else 0
-    with ThreadPoolExecutor(2 if parallel else 1) as pool:
-        jobs = {
-            name: pool.submit(train_and_evaluate, name, config, distilled, output_root, args.device, threads)
-            for name, config, _, distilled in students
-        }
-        rows.update({name: job.result() for name, job in jobs.items()})
-    (output_root / "results.json").write_text(json.dumps(rows, indent=2))
+    if args.report_only:
+        rows = json.loads((output_root / "results.json").read_text())
+    else:
+        rows = {"teacher": train_and_evaluate(*teacher[:2], teacher[3], output_root, args.device)}
+        # The two students share the machine: on a CPU each gets half its cores, on a GPU they take turns.
+        parallel = args.device == "cpu" and len(os.sched_getaffinity(0)) >= 2
+        threads = len(os.sched_getaffinity(0)) // 2 if parallel else 0
+        with ThreadPoolExecutor(2 if parallel else 1) as pool:
+            jobs = {
+                name: pool.submit(train_and_evaluate, name, config, distilled, output_root, args.device, threads)
+                for name, config, _, distilled in students
+            }
+            rows.update({name: job.result() for name, job in jobs.items()})
+        (output_root / "results.json").write_text(json.dumps(rows, indent=2))
     student, source = quoted_spread(student_settings())
-    print(f"\nkddet demo: COCO box AP on kddet_shapes_val (200 images), runs in {output_root}\n")
-    print(format_table(rows, student, source, table_is_stale=student is None and RESULTS[0].is_file()))
+    title = "kddet demo: COCO box AP on kddet_shapes_val (200 images)"
+    table = format_table(rows, student, source, table_is_stale=student is None and RESULTS[0].is_file())
+    print(f"\n{title}, runs in {output_root}\n\n{table}")
+    if args.record:
+        args.record.write_text(
+            f"# {title}\n\nPrinted by `make demo` (`python tools/demo.py --record {args.record}`) on a "
+            f"{os.cpu_count()}-core {platform.machine()} CPU.\n\n{table}\n"
+        )
+    if args.report_only:
+        return
     pictures = draw_side_by_side(
         REPO / teacher[1],
         output_root / "teacher/model_final.pth",
