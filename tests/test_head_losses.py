@@ -18,6 +18,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import smooth_l1_loss
 
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config
+from kddet import model_zoo
 from kddet.capture import BoxPredictions, Recorder, RPNOutputs, SampledAnchors
 from kddet.losses import (
     KD,
@@ -649,8 +650,9 @@ RECIPE_CONFIGS = sorted(
 def test_recipe_configs_load_and_name_registered_losses(config):
     cfg = load_config(REPO / config)
     assert cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN" and kd_loss_classes(cfg)
-    if losses_need_teacher(cfg):
-        assert (REPO / cfg.KD.TEACHER.CONFIG_FILE).is_file()
+    if losses_need_teacher(cfg):  # a file of the repository, or a model-zoo name
+        name = cfg.KD.TEACHER.CONFIG_FILE
+        assert (REPO / name).is_file() or model_zoo.config_file(name), name
 
 
 def test_virtual_teacher_alone_builds_no_teacher(datasets_root):
