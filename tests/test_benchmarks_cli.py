@@ -58,6 +58,29 @@ def test_the_results_table_trains_each_run_once_and_is_rebuilt_from_the_cache(tm
     assert len(fake_train.calls) == 5  # nothing trained again
 
 
+def test_rows_are_added_to_a_table_only_when_its_teacher_and_student_reproduce(tmp_path, fake_train):
+    where = ["--output", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    common = ["--benchmark", "scratch", "--seeds", "1", "2", "--student-iters", "2", *where]
+    results.main(["--recipes", "kd", *common])
+    table_file = tmp_path / "results/embedded_scratch_custom.json"
+    table = json.loads(table_file.read_text())
+    assert [row["name"] for row in table["rows"]] == ["student", "kd"]
+
+    results.main(["--recipes", "fitnet", "--add-to", str(table_file), *common])
+    table = json.loads(table_file.read_text())
+    assert [row["name"] for row in table["rows"]] == ["student", "kd", "fitnet"]
+    assert table["rows"][2]["delta"] == pytest.approx(5.0)
+    assert table["setting"]["added"][0]["recipes"] == ["fitnet"]
+    assert "rows fitnet added by `python -m kddet.benchmarks.results" in table_file.with_suffix(".md").read_text()
+    assert [r["name"] for r in results.rerender(table)[1]] == ["student", "kd", "fitnet"]  # renders again
+
+    # A student that does not reproduce the table's (another seed) cannot add rows to it.
+    table["rows"][0]["AP"] += 0.5
+    table_file.write_text(json.dumps(table))
+    with pytest.raises(SystemExit, match="were not reproduced here"):
+        results.main(["--recipes", "fitnet", "--add-to", str(table_file), *common])
+
+
 def test_a_study_compares_its_variants_with_its_baseline_over_the_studys_seeds(tmp_path, fake_train):
     argv = [
         "variance",

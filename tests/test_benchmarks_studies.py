@@ -15,7 +15,9 @@ from kddet.benchmarks.recipes import (
     run_folder,
     seeds_of,
 )
+from kddet.benchmarks.searches import SEARCHES, VAL
 from kddet.benchmarks.studies import STUDIES
+from kddet.tuning import load_search_space
 
 
 def test_the_student_gets_ten_seeds_baselines_and_card_methods_five_the_rest_three():
@@ -130,3 +132,12 @@ def test_a_fast_teacher_study_changes_only_how_the_teacher_computes(study):
         baseline.KD.TEACHER.CHANNELS_LAST,
     )
     assert cfg.dump() == baseline.dump()
+
+
+@pytest.mark.parametrize("search", SEARCHES.values(), ids=lambda s: s.name)
+def test_every_search_tunes_keys_of_its_recipe_on_the_validation_split(search):
+    recipe = load_config(search.config)
+    dimensions = load_search_space(str(search.space), recipe)  # stops on a key the recipe lacks
+    assert dimensions and all(d.key.startswith("KD.") for d in dimensions)
+    assert VAL == "kddet_shapes_val" and search.startup_trials < search.budget
+    assert search.recipe.startswith("mobilenet_v2/")  # the pretrained benchmark's recipes

@@ -28,8 +28,10 @@ SEEDS = [1, 2, 3]
 # The teacher-free baseline, the card's methods and the combined recipes get five seeds: their
 # changes are the ones the table must resolve.
 FIVE_SEEDS = [1, 2, 3, 4, 5]
+# So do the newer methods (ReviewKD, DKD, FGD, MGD, FBKD), whose rows users compare with their papers'.
 FIVE_SEED_MODELS = {
     "virtual_teacher", "fitnet", "fgfi", "fgfi_standardised", "nst", "chen2017", "combined", "combined_tuned",
+    "review_kd", "dkd", "fgd", "mgd", "fbkd",
 }  # fmt: skip
 # The student alone gets ten: every row is compared against it, and its spread is the benchmark's
 # own figure of merit, which five runs estimate only to within about half its size.

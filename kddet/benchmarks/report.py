@@ -41,6 +41,9 @@ def generated_by(setting: dict) -> str:
     rendered = setting.get("rendered")
     if rendered:
         line += f"; rendered again from its JSON by `{rendered['command']}` at commit `{rendered['commit']}`"
+    for added in setting.get("added", []):
+        names = ", ".join(added["recipes"])
+        line += f"; rows {names} added by `{added['command']}` at commit `{added['commit']}`"
     return line + "; do not edit by hand."
 
 

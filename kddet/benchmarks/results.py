@@ -27,6 +27,12 @@ iterations, config options) is tagged `custom` and written beside, never over, t
     python -m kddet.benchmarks.results --schedule demo        # what tools/demo.py trains -> embedded_demo.md
     python -m kddet.benchmarks.results --recipes fitnet kd --seeds 1 2 --jobs 1   # -> embedded_custom.md
     python -m kddet.benchmarks.results --report-only results/embedded.json        # its .md and .png again
+    python -m kddet.benchmarks.results --recipes dkd fgd --add-to results/embedded.json  # new rows, same table
+
+--add-to trains the named recipes and adds their rows to a table (replacing rows of the same name)
+without training its other rows again, only once this machine has reproduced the table's teacher and
+student alone exactly: same teacher settings, same teacher AP, same per-seed student APs. Otherwise it
+stops, and the table has to be made again as a whole.
 """
 
 import argparse
@@ -117,6 +123,35 @@ def rerender(table: dict) -> Tuple[dict, List[dict], dict]:
     return teacher, rows, table.get("sizes")
 
 
+def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tuple[dict, List[dict], dict]:
+    """The teacher, rows and setting of ``table`` with ``rows`` (the student alone first, then recipes)
+    added, replacing rows of the same name; ``addition`` (command, commit) is recorded in its setting.
+    Stops unless ``teacher`` and the student alone reproduce the table's exactly."""
+    old_teacher, old_student = table["teacher"], table["rows"][0]
+    same_teacher = (
+        old_teacher.get("same_run") == teacher.get("same_run") and abs(old_teacher["AP"] - teacher["AP"]) < 1e-9
+    )
+    same_student = all(abs(old_student[k] - rows[0][k]) < 1e-9 for k in ("AP", "AP_std")) and (
+        old_student["seeds"] == rows[0]["seeds"]
+    )
+    if not (same_teacher and same_student):
+        sys.exit(
+            f"The table's teacher (AP {old_teacher['AP']:.4f}) and student alone ({old_student['AP']:.4f} ± "
+            f"{old_student['AP_std']:.4f}, {old_student['seeds']} seeds) were not reproduced here (teacher "
+            f"{teacher['AP']:.4f}, student {rows[0]['AP']:.4f} ± {rows[0]['AP_std']:.4f}, {rows[0]['seeds']} seeds): "
+            "rows trained against them would not compare. Make the table again as a whole (without --add-to)."
+        )
+    added = {row["name"]: row for row in rows[1:]}
+    kept = [row for row in table["rows"][1:] if row["name"] not in added]
+    # The student's runs are the table's, now with their per-seed values.
+    merged = compare(old_teacher, [dict(old_student, runs=rows[0]["runs"]), *kept, *added.values()])
+    setting = dict(table["setting"])
+    new_seeds = addition.pop("seeds")
+    setting["seeds"] = dict(setting["seeds"], **{name: new_seeds[name] for name in added})
+    setting["added"] = [*setting.get("added", []), dict(addition, recipes=list(added))]
+    return old_teacher, merged, setting
+
+
 def report_only(paths: Sequence[Path], device: str) -> None:
     """Render each table of ``paths`` (their JSON) again, without training."""
     for path in paths:
@@ -168,8 +203,14 @@ def main(argv=None) -> None:
         help="train nothing: render these tables' .md and .png again from their JSON (default: every table of "
         "--results-dir)",
     )  # fmt: skip
+    parser.add_argument(
+        "--add-to", type=Path, metavar="JSON",
+        help="add the --recipes' rows to this table (its JSON) instead of writing a table of their own",
+    )  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options added to every run")
     args = parser.parse_args(argv)
+    if args.add_to and not args.recipes:
+        parser.error("--add-to adds the rows of --recipes: name them")
     if args.report_only is not None:
         report_only(args.report_only or sorted(Path(args.results_dir).glob("embedded*.json")), args.device)
         return
@@ -244,7 +285,12 @@ def main(argv=None) -> None:
         "student_settings": student_settings(bench.student, student_iters, args.opts),
     }  # fmt: skip
     stem = Path(args.results_dir) / (bench.stem if tag == "full" else f"{bench.stem}_{tag}")
-    markdown = write_table(stem, teacher, rows, model_sizes(bench.student, args.device, args.opts), setting)
+    sizes = model_sizes(bench.student, args.device, args.opts)
+    if args.add_to:
+        addition = {"command": setting["command"], "commit": setting["commit"], "seeds": seeds}
+        stem = args.add_to.with_suffix("")
+        teacher, rows, setting = add_rows(json.loads(args.add_to.read_text()), teacher, rows, addition)
+    markdown = write_table(stem, teacher, rows, sizes, setting)
     print(f"\n{markdown}\nWritten {stem}.md, .json and .png in {(time.perf_counter() - start) / 60:.1f} min.")
 
 

@@ -1,0 +1,42 @@
+"""The searches that choose the pretrained benchmark's recipe settings, as data: each tunes one recipe's
+keys on kddet_shapes_val with tools/tune_recipe.py (kddet.tuning), never on the test images the
+results table reports. A search's space and its outcome (report, chart, chosen setting) are kept
+together under results/tuning/<name>/."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schedule import CONFIGS, REPO
+
+TUNING_DIR = REPO / "results/tuning"
+VAL = "kddet_shapes_val"
+
+
+@dataclass(frozen=True)
+class Search:
+    name: str
+    recipe: str  # named as under configs/shapes/
+    budget: int  # trials to finish, completed or pruned
+    startup_trials: int = 3  # random trials before TPE proposes and the pruner may stop a trial
+    seeds: tuple = (1,)  # each trial's AP is their mean
+    eval_period: int = 100  # intermediate evaluations the pruner reads
+
+    @property
+    def config(self) -> Path:
+        return CONFIGS / f"{self.recipe}.yaml"
+
+    @property
+    def space(self) -> Path:
+        return TUNING_DIR / self.name / "space.yaml"
+
+
+SEARCHES = {
+    s.name: s
+    for s in [
+        Search("review_kd", "mobilenet_v2/review_kd", budget=5),
+        Search("dkd", "mobilenet_v2/dkd", budget=5),
+        Search("fgd", "mobilenet_v2/fgd", budget=5),
+        Search("mgd", "mobilenet_v2/mgd", budget=5),
+        Search("fbkd", "mobilenet_v2/fbkd", budget=5),
+    ]
+}
