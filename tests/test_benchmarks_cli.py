@@ -74,6 +74,14 @@ def test_rows_are_added_to_a_table_only_when_its_teacher_and_student_reproduce(t
     assert "rows fitnet added by `python -m kddet.benchmarks.results" in table_file.with_suffix(".md").read_text()
     assert [r["name"] for r in results.rerender(table)[1]] == ["student", "kd", "fitnet"]  # renders again
 
+    # A row whose recipe is gone is dropped when rows are next added.
+    table["rows"][1]["name"] = "removed_recipe"
+    table_file.write_text(json.dumps(table))
+    results.main(["--recipes", "fitnet", "--add-to", str(table_file), *common])
+    table = json.loads(table_file.read_text())
+    assert [row["name"] for row in table["rows"]] == ["student", "fitnet"]
+    assert "dropped: removed_recipe" in table_file.with_suffix(".md").read_text()
+
     # A student that does not reproduce the table's (another seed) cannot add rows to it.
     table["rows"][0]["AP"] += 0.5
     table_file.write_text(json.dumps(table))

@@ -503,24 +503,18 @@ def test_fgfi_module_matches_the_slow_mask_and_loss():
     torch.testing.assert_close(loss(batch)["loss_kd_fgfi"], 0.01 * slow_fgfi(adapted, teachers, masks[:2]))
 
 
-@pytest.mark.parametrize("standardize", [False, True])
-def test_fitnet_matches_its_formula_with_a_raw_or_standardised_target(standardize):
+@pytest.mark.parametrize("standardize, student_too", [(False, False), (True, False), (True, True)])
+def test_fitnet_matches_its_formula_with_a_raw_or_standardised_target(standardize, student_too):
     loss = build_loss(
-        "FitNet",
-        4,
-        6,
-        "KD.FITNET.IN_FEATURES",
-        ["p2", "p4"],
-        "KD.FITNET.WEIGHT",
-        3.0,
-        "KD.FITNET.STANDARDIZE_TARGET",
-        standardize,
-    )
+        "FitNet", 4, 6, "KD.FITNET.IN_FEATURES", ["p2", "p4"], "KD.FITNET.WEIGHT", 3.0,
+        "KD.FITNET.STANDARDIZE_TARGET", standardize, "KD.FITNET.STANDARDIZE_STUDENT", student_too,
+    )  # fmt: skip
     batch = make_batch()
     target = slow_standardise if standardize else (lambda t: t)
+    student = slow_standardise if student_too else (lambda s: s)
     expected = (
         sum(
-            slow_fitnet(loss.adapters[f](batch.student["features"][f]), target(batch.teacher["features"][f]))
+            slow_fitnet(student(loss.adapters[f](batch.student["features"][f])), target(batch.teacher["features"][f]))
             for f in ("p2", "p4")
         )
         / 2

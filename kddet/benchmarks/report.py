@@ -44,6 +44,8 @@ def generated_by(setting: dict) -> str:
     for added in setting.get("added", []):
         names = ", ".join(added["recipes"])
         line += f"; rows {names} added by `{added['command']}` at commit `{added['commit']}`"
+        if added.get("dropped"):
+            line += f" (rows of recipes since removed dropped: {', '.join(added['dropped'])})"
     return line + "; do not edit by hand."
 
 

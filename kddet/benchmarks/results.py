@@ -125,8 +125,9 @@ def rerender(table: dict) -> Tuple[dict, List[dict], dict]:
 
 def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tuple[dict, List[dict], dict]:
     """The teacher, rows and setting of ``table`` with ``rows`` (the student alone first, then recipes)
-    added, replacing rows of the same name; ``addition`` (command, commit) is recorded in its setting.
-    Stops unless ``teacher`` and the student alone reproduce the table's exactly."""
+    added, replacing rows of the same name, and without the rows of recipes its benchmark no longer has;
+    ``addition`` (command, commit) is recorded in its setting. Stops unless ``teacher`` and the student
+    alone reproduce the table's exactly."""
     old_teacher, old_student = table["teacher"], table["rows"][0]
     same_teacher = (
         old_teacher.get("same_run") == teacher.get("same_run") and abs(old_teacher["AP"] - teacher["AP"]) < 1e-9
@@ -142,13 +143,16 @@ def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tu
             "rows trained against them would not compare. Make the table again as a whole (without --add-to)."
         )
     added = {row["name"]: row for row in rows[1:]}
-    kept = [row for row in table["rows"][1:] if row["name"] not in added]
+    recipes = all_recipes(table["setting"]["benchmark"])
+    kept = [row for row in table["rows"][1:] if row["name"] not in added and row["name"] in recipes]
+    dropped = [row["name"] for row in table["rows"][1:] if row["name"] not in recipes]
     # The student's runs are the table's, now with their per-seed values.
     merged = compare(old_teacher, [dict(old_student, runs=rows[0]["runs"]), *kept, *added.values()])
     setting = dict(table["setting"])
     new_seeds = addition.pop("seeds")
-    setting["seeds"] = dict(setting["seeds"], **{name: new_seeds[name] for name in added})
-    setting["added"] = [*setting.get("added", []), dict(addition, recipes=list(added))]
+    seeds = {name: s for name, s in setting["seeds"].items() if name not in dropped}
+    setting["seeds"] = dict(seeds, **{name: new_seeds[name] for name in added})
+    setting["added"] = [*setting.get("added", []), dict(addition, recipes=list(added), dropped=dropped)]
     return old_teacher, merged, setting
 
 

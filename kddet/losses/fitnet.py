@@ -25,25 +25,30 @@ def fitnet_hint_loss(student_adapted: torch.Tensor, teacher: torch.Tensor) -> to
 class FitNet(PerLevelFeatureLoss):
     """Hint loss on chosen FPN levels through a per-level 1x1 or 3x3 adapter (``ADAPTER``);
     ``STANDARDIZE_TARGET`` regresses the teacher's map with each channel standardised (as PKD does),
-    so that the target's scale is the same whatever the teacher's FPN outputs."""
+    so that the target's scale is the same whatever the teacher's FPN outputs; ``STANDARDIZE_STUDENT``
+    standardises the adapted student map too, so that the hint asks for the teacher's pattern and
+    not its scale (PKD's comparison through FitNets' adapter)."""
 
     @classmethod
     def default_config(cls) -> CfgNode:
         node = super().default_config()
         node.ADAPTER = "conv1x1"  # or "conv3x3"
         node.STANDARDIZE_TARGET = False  # True: regress each teacher channel standardised (PKD's norm)
+        node.STANDARDIZE_STUDENT = False  # True: the adapted student map standardised too
         return node
 
     @configurable
-    def __init__(self, *, standardize_target: bool, **kwargs):
+    def __init__(self, *, standardize_target: bool, standardize_student: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.standardize_target = standardize_target
+        self.standardize_student = standardize_student
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
         return dict(
             super().from_config(cfg, student_shapes, teacher_shapes),
             standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
+            standardize_student=cls.config_node(cfg).STANDARDIZE_STUDENT,
         )
 
     @staticmethod
@@ -53,4 +58,6 @@ class FitNet(PerLevelFeatureLoss):
     def level_loss(self, level: str, student_adapted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.standardize_target:
             teacher = standardise_channels(teacher)
+        if self.standardize_student:
+            student_adapted = standardise_channels(student_adapted)
         return fitnet_hint_loss(student_adapted, teacher)
