@@ -174,6 +174,15 @@ class RCNNProbe:
         computes = lambda name: RECORD_KINDS[name].teacher is not None  # noqa: E731
         teacher_read = {kind for kinds in teacher_needs.values() for kind in kinds if computes(kind)}
         self.teacher_kinds = [name for name in _with_uses(teacher_read, computes) if computes(name)]
+        self.teacher_read = [name for name in self.teacher_kinds if name in teacher_read]
+        # The teacher's kinds that need nothing of the student's (its FPN maps, its RPN), which it can
+        # compute before the student's forward; the rest run on the student's proposals.
+        needs_student = set()
+        for name in self.teacher_kinds:
+            if any(not computes(use) or use in needs_student for use in RECORD_KINDS[name].uses):
+                needs_student.add(name)
+        self.teacher_image_kinds = [name for name in self.teacher_kinds if name not in needs_student]
+        self.teacher_student_kinds = [name for name in self.teacher_kinds if name in needs_student]
         student_read = {kind for kinds in needs.values() for kind in kinds}
         student_read |= {use for name in self.teacher_kinds for use in RECORD_KINDS[name].uses if not computes(use)}
         self.student_kinds = [name for name in RECORD_KINDS if name in student_read]
@@ -202,10 +211,18 @@ class RCNNProbe:
             {name: RECORD_KINDS[name].as_record for name in self.student_kinds},
         )
 
-    def teacher_records(self, teacher: nn.Module, images: torch.Tensor, student: Mapping[str, Any]) -> Dict[str, Any]:
-        """The teacher's kinds, computed on its preprocessed ``images`` and the ``student``'s records."""
-        records: Dict[str, Any] = {}
-        for name in self.teacher_kinds:
+    def teacher_records(
+        self,
+        teacher: nn.Module,
+        kinds: Iterable[str],
+        images: Optional[torch.Tensor],
+        student: Mapping[str, Any],
+        records: Mapping[str, Any],
+    ) -> Dict[str, Any]:
+        """The teacher's ``kinds`` (``teacher_image_kinds`` or ``teacher_student_kinds``), computed on
+        its preprocessed ``images``, the ``student``'s records and its own ``records`` so far."""
+        records = dict(records)
+        for name in kinds:
             records[name] = RECORD_KINDS[name].teacher(teacher, images, student, records)
         return records
 

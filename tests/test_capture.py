@@ -64,6 +64,15 @@ def test_the_probe_records_what_the_losses_read_and_what_the_teacher_runs_on():
     # The teacher's box head runs on the student's proposals, from its own features.
     assert probe.teacher_kinds == ["features", "box_features", "predictions"]
     assert probe.student_kinds == ["features", "anchors", "proposals", "predictions"]
+    # Its maps need nothing of the student's and are computed before the student's forward; its box
+    # head's records need the student's proposals. Box features no loss reads are not kept.
+    assert probe.teacher_image_kinds == ["features"]
+    assert probe.teacher_student_kinds == ["box_features", "predictions"]
+    assert probe.teacher_read == ["features", "predictions"]
+    assert RCNNProbe({"KD": ("predictions",)}, {"KD": ("predictions",)}).teacher_read == ["predictions"]
+    rpn_only = RCNNProbe({"RPNSoftCls": ("rpn", "rpn_labels")}, {"RPNSoftCls": ("rpn", "rpn_labels")})
+    assert rpn_only.teacher_image_kinds == ["features", "rpn"] and rpn_only.teacher_student_kinds == []
+    assert rpn_only.teacher_read == ["rpn"]
     # A loss that reads no teacher (VirtualTeacher) has the teacher compute nothing for it.
     probe = RCNNProbe({"VirtualTeacher": ("predictions", "proposals")}, {})
     assert probe.teacher_kinds == [] and probe.student_kinds == ["proposals", "predictions"]

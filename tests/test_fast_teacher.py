@@ -70,7 +70,7 @@ def student_records(teacher_weights, batch):
 
 def teacher_records(teacher_weights, batch, student_records, *opts):
     model = build_model(distillation_cfg(teacher_weights, *opts)).train()
-    return model._teacher_records(batch, student_records)
+    return model._teacher_student_records(model._teacher_image_records(batch), student_records)
 
 
 def by_kind(records):

@@ -5,7 +5,8 @@ DDP see the student and the distillation adapters only. The teacher is held outs
 tree: it never enters ``state_dict()``, ``parameters()`` or ``train()``; it stays in eval mode
 and runs under ``no_grad``, in the precision and memory format of ``KD.TEACHER`` whatever the
 student's autocast, and its records reach the losses in fp32. In eval mode the model returns
-exactly what the student returns.
+exactly what the student returns. Its backbone and RPN run before the student's forward, its box
+head after it, on the student's sampled proposals; the records no loss reads are not kept.
 """
 
 from typing import Any, Dict, List, Optional
@@ -108,15 +109,19 @@ class DistillationRCNN(GeneralizedRCNN):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return super().forward(batched_inputs)
+        # The teacher's backbone and RPN run before the student's forward: their transient maps are
+        # then freed before the student's activations are held for its backward, not added to them.
+        teacher = self._teacher_image_records(batched_inputs)
         with self.probe.recorder(self) as recorder:
             losses = super().forward(batched_inputs)
         batch = DistillationBatch(
             student=recorder.records,
-            teacher=self._teacher_records(batched_inputs, recorder.records),
+            teacher=self._teacher_student_records(teacher, recorder.records),
             gt_instances=[x["instances"].to(self.device) for x in batched_inputs],
             image_sizes=[tuple(x["image"].shape[-2:]) for x in batched_inputs],
             iteration=get_event_storage().iter,
         )
+        del teacher
         for loss in self.kd_losses.values():
             # A loss may reweight a term of the student's own (Chen et al.: mu * hard + (1 - mu) * soft).
             for name, scale in loss.student_loss_scale.items():
@@ -128,23 +133,36 @@ class DistillationRCNN(GeneralizedRCNN):
             losses.update(terms)
         return losses
 
-    # no_grad, not inference_mode: the losses save the records for their backward, which
-    # inference tensors cannot be.
+    # The teacher computes in ``teacher_precision`` (not in the student's autocast: an fp32 teacher
+    # stays fp32 under SOLVER.AMP) and its records reach the losses in fp32. no_grad, not
+    # inference_mode: the losses save the records for their backward, which inference tensors cannot be.
+    def _teacher_autocast(self) -> torch.autocast:
+        dtype = self.teacher_precision
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
     @torch.no_grad()
-    def _teacher_records(self, batched_inputs: List[Dict], student: Dict) -> Dict:
-        """The teacher's records in fp32, computed in ``teacher_precision`` (not in the student's
-        autocast: an fp32 teacher stays fp32 under SOLVER.AMP)."""
-        if not self.probe.teacher_kinds:
+    def _teacher_image_records(self, batched_inputs: List[Dict]) -> Dict:
+        """The teacher's records that need only the images: its FPN maps and RPN outputs."""
+        if not self.probe.teacher_image_kinds:
             return {}
         if self.teacher.input_format != self.input_format:  # RGB <-> BGR
             batched_inputs = [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
         images = self.teacher.preprocess_image(batched_inputs).tensor  # the teacher's own pixel mean, std and padding
         if self.teacher_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        dtype = self.teacher_precision
-        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            records = self.probe.teacher_records(self.teacher, images, student)
+        with self._teacher_autocast():
+            records = self.probe.teacher_records(self.teacher, self.probe.teacher_image_kinds, images, {}, {})
         return _to_float32(records)
+
+    @torch.no_grad()
+    def _teacher_student_records(self, records: Dict, student: Dict) -> Dict:
+        """``records`` completed with the teacher's records on the student's sampled proposals (its
+        box head's), and without those no loss reads (maps only the box head needed)."""
+        if self.probe.teacher_student_kinds:
+            with self._teacher_autocast():
+                kinds = self.probe.teacher_student_kinds
+                records = _to_float32(self.probe.teacher_records(self.teacher, kinds, None, student, records))
+        return {name: records[name] for name in self.probe.teacher_read}
 
 
 def _to_float32(records: Any) -> Any:
