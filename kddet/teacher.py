@@ -71,7 +71,8 @@ def _fastest_dtype(device: torch.device) -> torch.dtype:
 
 def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     """Build the teacher, load its weights strictly, freeze it and put it in eval mode; with
-    ``KD.TEACHER.CHANNELS_LAST``, its weights in channels_last.
+    ``KD.TEACHER.CHANNELS_LAST``, its weights in channels_last; with a ``KD.TEACHER.PRECISION`` below
+    fp32, its convolution and linear weights held in that precision.
 
     ``load_weights=False`` leaves it randomly initialised: the dry run (``tools/train_net.py
     --check``) checks the rest of a recipe with it when the weights are missing.
@@ -93,6 +94,8 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
         teacher.to(memory_format=torch.channels_last)  # the values are unchanged: only their order in memory
     check_teacher_matches_student(teacher_cfg, cfg)
     dtype = teacher_dtype(cfg)
+    if dtype != torch.float32 and not cfg.KD.TEACHER.INIT_STUDENT:
+        _hold_weights_in(teacher, dtype)
     if load_weights:
         parameters = sum(p.numel() for p in teacher.parameters())
         logger.info(
@@ -104,6 +107,17 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
             ", channels_last" if cfg.KD.TEACHER.CHANNELS_LAST else "",
         )
     return teacher
+
+
+def _hold_weights_in(teacher: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the teacher's convolution and linear weights in ``dtype``, the precision it computes in:
+    autocast would cast them to it at every call, so the values are the same and the memory halves.
+    Normalisation statistics stay fp32, as autocast leaves them. Not done when the student inherits
+    the teacher's weights (KD.TEACHER.INIT_STUDENT), which it copies at full precision."""
+    for module in teacher.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            for parameter in module.parameters(recurse=False):
+                parameter.data = parameter.data.to(dtype)
 
 
 _MISSING_WEIGHTS = (

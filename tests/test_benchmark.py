@@ -39,7 +39,7 @@ CELL = r" (-?[\d.]+) \|"
 
 
 def table_rows(out):
-    return {m[0]: [float(x) for x in m[1:]] for m in re.findall(rf"^\| ([a-z_ ,]+) \|{CELL * 6}$", out, re.M)}
+    return {m[0]: [float(x) for x in m[1:]] for m in re.findall(rf"^\| ([a-z_ ,]+) \|{CELL * 9}$", out, re.M)}
 
 
 def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root, tmp_path):
@@ -68,16 +68,21 @@ def test_benchmark_prints_each_variant_against_the_student_alone(datasets_root, 
     assert float(fast[2]) == pytest.approx(backbone_ms / float(fast[1]), rel=0.05)
     rows = table_rows(out)
     assert list(rows) == ["student alone", "student alone, channels_last", "fitnet", "fitnet, fast teacher"], out
-    student_ms, student_ratio, student_added, student_added_backbone, student_rss, student_memory = rows[
+    student_ms, student_ratio, student_added, student_added_backbone, student_rss, student_memory, *held = rows[
         "student alone"
     ]
     assert student_ms > 0 and student_rss > 0
     assert (student_ratio, student_added, student_added_backbone, student_memory) == (1.0, 0.0, 0.0, 1.0)
+    assert held == [0, 0, 0]  # no teacher, records or adapters
+    teacher_params = float(re.search(r"^teacher: ([\d.]+) M parameters", out, re.M).group(1))
     for name in ["student alone, channels_last", "fitnet", "fitnet, fast teacher"]:
-        ms, ratio, _, added_backbone, rss, memory = rows[name]
+        ms, ratio, _, added_backbone, rss, memory, teacher_mb, records_mb, adapters_mb = rows[name]
         assert ratio == pytest.approx(ms / student_ms, abs=0.006)
         assert added_backbone == pytest.approx((ms - student_ms) / backbone_ms, abs=0.01 + 0.05 * abs(added_backbone))
         assert memory == pytest.approx(rss / student_rss, abs=0.006)
+        if name.startswith("fitnet"):  # fp32 weights (and FrozenBN buffers), FPN maps, 1x1 adapters
+            assert teacher_mb == pytest.approx(teacher_params * 1e6 * 4 / 2**20, rel=0.1)
+            assert records_mb > 0 and adapters_mb > 0
     written = (tmp_path / "table.md").read_text()
     assert "python tools/benchmark.py --student" in written and "| fitnet, fast teacher |" in written
 

@@ -111,6 +111,22 @@ def test_fast_teacher_records_are_fp32_and_close_to_the_fp32_teachers(
         assert p2.is_contiguous(memory_format=torch.channels_last) and not p2.is_contiguous()
 
 
+def test_a_bf16_teacher_holds_its_weights_in_bf16_and_computes_the_same_records(
+    teacher_weights, batch, student_records
+):
+    """Held in bf16, the weights are what autocast would cast them to at every call: same records, half the memory."""
+    model = build_model(distillation_cfg(teacher_weights, *FAST["bf16"])).train()
+    convs = [m for m in model.teacher.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(p.dtype == torch.bfloat16 for m in convs for p in m.parameters(recurse=False))
+    held_in_bf16 = model._teacher_student_records(model._teacher_image_records(batch), student_records)
+    for m in convs:  # back to fp32, exactly: autocast casts them down again
+        for p in m.parameters(recurse=False):
+            p.data = p.data.float()
+    held_in_fp32 = model._teacher_student_records(model._teacher_image_records(batch), student_records)
+    for kind, tensors in by_kind(held_in_bf16).items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, by_kind(held_in_fp32)[kind])), kind
+
+
 def test_an_fp32_teacher_stays_fp32_in_the_students_autocast(teacher_weights, batch, student_records, reference):
     """SOLVER.AMP is the student's: the teacher computes as KD.TEACHER.PRECISION says."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -135,8 +151,8 @@ def test_training_with_the_fast_teacher_trains_the_student_and_leaves_the_teache
             optimizer.step()
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     loaded = teacher_file_state(teacher_weights)
-    for key, value in model.teacher.state_dict().items():
-        assert torch.equal(value, loaded[key]), key
+    for key, value in model.teacher.state_dict().items():  # as loaded, in the precision the teacher holds them
+        assert torch.equal(value, loaded[key].to(value.dtype)), key
 
 
 @pytest.mark.parametrize(

@@ -76,9 +76,27 @@ def _proc_status_mb(field: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 1024
 
 
+def _tensor_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
+
+
+def _record_tensors(records):
+    """Every tensor of the teacher's records (dicts, lists and named tuples of tensors)."""
+    if isinstance(records, torch.Tensor):
+        yield records
+    elif isinstance(records, dict):
+        for value in records.values():
+            yield from _record_tensors(value)
+    elif isinstance(records, (list, tuple)):
+        for value in records:
+            yield from _record_tensors(value)
+
+
 def measure_training(config: str, opts, batches_file: str, warmup: int, repeats: int, amp: bool, out) -> None:
     """Child process: median training-step time and peak memory of one config, its model built as
-    the trainer builds it."""
+    the trainer builds it, and what distillation adds that is held through a step: the teacher's
+    weights, the teacher's records the losses read, and the adapters with their gradients and
+    momentum."""
     from detectron2.utils.events import EventStorage
 
     from kddet.engine import Trainer
@@ -86,6 +104,20 @@ def measure_training(config: str, opts, batches_file: str, warmup: int, repeats:
     cfg = load_config(config, opts)
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).train()
+    held = {"teacher_mb": 0.0, "records_mb": 0.0, "adapters_mb": 0.0}
+    teacher = getattr(model, "teacher", None)
+    if teacher is not None:
+        held["teacher_mb"] = _tensor_mb([*teacher.parameters(), *teacher.buffers()])
+        student_records = model._teacher_student_records
+
+        def measured(*args):
+            records = student_records(*args)
+            held["records_mb"] = max(held["records_mb"], _tensor_mb(_record_tensors(records)))
+            return records
+
+        model._teacher_student_records = measured
+    if hasattr(model, "kd_losses"):  # weights, gradients and SGD momentum
+        held["adapters_mb"] = 3 * _tensor_mb(p for p in model.kd_losses.parameters() if p.requires_grad)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     batches = torch.load(batches_file, weights_only=False)
     measure_frozen_bn_statistics(
@@ -108,7 +140,7 @@ def measure_training(config: str, opts, batches_file: str, warmup: int, repeats:
             _sync(device)
             if step >= warmup:
                 times.append(time.perf_counter() - start)
-    out.put({"step_s": statistics.median(times), "peak_mb": _peak_memory_mb(device)})
+    out.put({"step_s": statistics.median(times), "peak_mb": _peak_memory_mb(device), **held})
 
 
 def measure_teacher_forward(config: str, opts, batches_file: str, warmup: int, repeats: int, amp: bool, out) -> None:
@@ -485,15 +517,17 @@ def main() -> None:
     lines += [
         "",
         "| variant | step (ms) | time / student | added, in teacher inference forwards | added, in fp32 teacher "
-        f"backbone+FPN forwards | {memory} | memory / student |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"backbone+FPN forwards | {memory} | memory / student | of which teacher weights | teacher records | "
+        "adapters (with gradients, momentum) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = rows[0][1]
     for name, r in rows:
         added = r["step_s"] - base["step_s"]
         lines.append(
             f"| {name} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.2f} | {added / teacher_fwd:.2f} | "
-            f"{added / backbone_fwd:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |"
+            f"{added / backbone_fwd:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} | "
+            f"{r['teacher_mb']:.0f} | {r['records_mb']:.0f} | {r['adapters_mb']:.0f} |"
         )
     print("\n" + "\n".join(lines))
     if args.output:
