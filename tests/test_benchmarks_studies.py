@@ -5,7 +5,7 @@ import pytest
 
 from conftest import load_config
 
-from kddet.benchmarks.ablate import out_dir, study_seeds
+from kddet.benchmarks.ablate import out_dir, split_opts, study_seeds
 from kddet.benchmarks.recipes import (
     BENCHMARKS,
     FIVE_SEED_MODELS,
@@ -77,8 +77,9 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
 def test_every_variant_loads_and_changes_what_it_says(study):
     study = STUDIES[study]
     assert study.variants and study.description and "\n" not in study.description
-    # The split its table names is the one its baseline is evaluated on.
-    assert load_config(study.baseline_config).DATASETS.TEST == (study.split,)
+    # The split its table names is the one its baseline is evaluated on, by its config or by option.
+    opts = split_opts(study.baseline, study.split)
+    assert load_config(study.baseline_config, *map(str, opts)).DATASETS.TEST == (study.split,)
     for variant in study.variants:
         opts = variant.options
         cfg = load_config(config_of(variant.recipe), *map(str, opts))  # an unknown key would raise here
@@ -91,7 +92,7 @@ def test_every_variant_loads_and_changes_what_it_says(study):
 
 
 def test_the_studies_of_the_old_script_are_all_here_with_their_seeds():
-    assert len(STUDIES) == 18
+    assert len(STUDIES) == 19
     assert STUDIES["variance"].seeds == STUDIES["variance_pretrained"].seeds == (1, 2, 3, 4, 5)
     assert STUDIES["variance_sources_pretrained"].seeds == tuple(range(1, 11))
     assert STUDIES["balance"].seeds == (1, 2, 3)
@@ -107,6 +108,13 @@ def test_a_recipe_as_committed_shares_the_results_tables_runs_and_a_variant_has_
     assert out_dir(tmp_path, "fitnet", 0, "fitnet", ()) == tmp_path / "full/fitnet"
     assert out_dir(tmp_path, "x", 0, "mobilenet_v2/student", ()) == tmp_path / "full/mobilenet_v2/student"
     assert out_dir(tmp_path, "fitnet", 2, "fitnet", ("KD.FITNET.WEIGHT", 0.1)) == tmp_path / "ablation/fitnet/2"
+    # Scored on another split than the table's, a recipe as committed has runs of its own, shared by studies.
+    student = "mobilenet_v2/student"
+    assert out_dir(tmp_path, "x", 0, student, (), "kddet_shapes_test") == tmp_path / "full/mobilenet_v2/student"
+    assert (
+        out_dir(tmp_path, "x", 0, student, (), "kddet_shapes_val") == tmp_path / "ablation/kddet_shapes_val" / student
+    )
+    assert split_opts(student, "kddet_shapes_val") == ["DATASETS.TEST", ("kddet_shapes_val",)]
 
 
 @pytest.mark.parametrize("study", [name for name in STUDIES if name.endswith("pretrained")])

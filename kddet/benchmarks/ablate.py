@@ -51,12 +51,20 @@ def study_seeds(study: Study, recipe: str, options: Sequence, chosen: Sequence[i
     return seeds_of(recipe, chosen)
 
 
-def out_dir(output: Path, study: str, index: int, recipe: str, options: Sequence) -> Path:
+def split_opts(recipe: str, split: str) -> list:
+    """The options that score ``recipe`` on ``split``: none if its config does already (a pretrained
+    recipe's config names the test set, which a study that chooses a setting must not read)."""
+    return [] if tuple(load_config(config_of(recipe)).DATASETS.TEST) == (split,) else ["DATASETS.TEST", (split,)]
+
+
+def out_dir(output: Path, study: str, index: int, recipe: str, options: Sequence, split: str = "") -> Path:
     """Where a model's runs go: a recipe of the results tables as committed (the student alone too)
-    shares the table's runs, another recipe as committed is shared by the studies that train it, and a
-    variant has its study's folder."""
+    shares the table's runs, another recipe as committed (or one scored on another split than its
+    config's) is shared by the studies that train it, and a variant has its study's folder."""
     if options:
         return output / "ablation" / study / str(index)
+    if split and split_opts(recipe, split):
+        return output / "ablation" / split / recipe
     tables = {run_folder(bench, name) for bench in BENCHMARKS for name in ["student", *all_recipes(bench)]}
     return output / ("full" if recipe in tables else "ablation") / recipe
 
@@ -126,9 +134,9 @@ def main(argv=None) -> None:
         needs_teacher = any(losses_need_teacher(load_config(config_of(recipe))) for recipe in recipes)
         teacher_job = pool.submit(train_teacher, runner, teacher_dir) if needs_teacher else None
 
-        def run(name: str, recipe: str, options: Sequence, folder: Path, seed: int) -> dict:
+        def run(name: str, recipe: str, options: Sequence, folder: Path, seed: int, split: str) -> dict:
             config = config_of(recipe)
-            opts = ["SEED", seed, *schedule_opts(config, iters), *options]
+            opts = ["SEED", seed, *schedule_opts(config, iters), *split_opts(recipe, split), *options]
             teacher_key = ""
             if losses_need_teacher(load_config(config)):
                 teacher_key = teacher_job.result()["key"]
@@ -136,14 +144,14 @@ def main(argv=None) -> None:
             return dict(runner.run(f"{name} seed {seed}", config, folder / f"seed{seed}", opts, teacher_key), seed=seed)
 
         def submit(name: str, study: Study, index: int, recipe: str, options: Sequence) -> list:
-            folder = out_dir(output, study.name, index, recipe, options)
+            folder = out_dir(output, study.name, index, recipe, options, study.split)
             seeds = study_seeds(study, recipe, options, args.seeds)
-            return [pool.submit(run, name, recipe, options, folder, s) for s in seeds]
+            return [pool.submit(run, name, recipe, options, folder, s, study.split) for s in seeds]
 
         # The baselines once for every study that shares one with the same seeds.
-        baseline_jobs: Dict[Tuple[str, tuple], list] = {}
+        baseline_jobs: Dict[Tuple[str, tuple, str], list] = {}
         for study in studies:
-            key = (study.baseline, tuple(study_seeds(study, study.baseline, (), args.seeds)))
+            key = (study.baseline, tuple(study_seeds(study, study.baseline, (), args.seeds)), study.split)
             if key not in baseline_jobs:
                 baseline_jobs[key] = submit(study.baseline, study, 0, study.baseline, ())
         study_jobs = {
@@ -157,7 +165,9 @@ def main(argv=None) -> None:
             teacher = {"AP": math.nan}
             if teacher_job:
                 teacher = evaluate_teacher(teacher_job.result(), teacher_dir, study.split, args.device)
-            baseline = baseline_jobs[(study.baseline, tuple(study_seeds(study, study.baseline, (), args.seeds)))]
+            baseline = baseline_jobs[
+                (study.baseline, tuple(study_seeds(study, study.baseline, (), args.seeds)), study.split)
+            ]
             runs = {"baseline": [job.result() for job in baseline]}
             runs.update({str(i): [job.result() for job in jobs_] for i, jobs_ in enumerate(study_jobs[study.name])})
             rows = summarize(teacher, runs)

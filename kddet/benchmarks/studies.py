@@ -45,6 +45,8 @@ CLIP = (
 )  # fmt: skip
 FGFI_STANDARDISED = ("KD.FGFI.STANDARDIZE_TARGET", True, "KD.FGFI.STANDARDIZE_STUDENT", True)
 FAST_TEACHER = ("KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True)
+WIDE = ("MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512)  # the shapes teacher's widths
+INHERIT = ("KD.TEACHER.INIT_STUDENT", True)
 FIVE, TEN = tuple(range(1, 6)), tuple(range(1, 11))
 V = Variant
 
@@ -302,6 +304,20 @@ _STUDIES = [
         "The AP cost of the fast teacher on NST, a feature loss, against the same recipe's fp32 teacher.",
         "nst", VAL,
         (V("NST, teacher in bf16 and channels_last", "nst", FAST_TEACHER),),
+    ),
+    Study(
+        "inherit_pretrained",
+        "Whether FGD and MGD gain from starting the student's neck and heads from the teacher's "
+        "(KD.TEACHER.INIT_STUDENT), as their authors train: the student needs the teacher's FPN and box-head "
+        "widths for any layer to match, so every variant is that wider student, alone or distilled.",
+        PRETRAINED_STUDENT, VAL,
+        (
+            V("wider student alone (teacher's FPN and box-head widths)", "mobilenet_v2/student", WIDE),
+            V("FGD, wider student", "mobilenet_v2/fgd", WIDE),
+            V("FGD, wider student inheriting", "mobilenet_v2/fgd", (*WIDE, *INHERIT)),
+            V("MGD, wider student", "mobilenet_v2/mgd", WIDE),
+            V("MGD, wider student inheriting", "mobilenet_v2/mgd", (*WIDE, *INHERIT)),
+        ),
     ),
 ]  # fmt: skip
 STUDIES: Dict[str, Study] = {study.name: study for study in _STUDIES}
