@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from kddet.benchmarks.ablate import report_study, write_study
-from kddet.benchmarks.report import format_ablation, format_markdown, format_per_class
+from kddet.benchmarks.report import chosen_on, format_ablation, format_markdown, format_per_class
 from kddet.benchmarks.results import command_line, report_only, rerender, write_table
 from kddet.benchmarks.stats import summarize
 from kddet.benchmarks.studies import STUDIES, Study, Variant
@@ -179,3 +179,14 @@ def test_a_study_against_a_recipe_starts_with_the_recipe_as_committed():
         STUDIES["pretrained"], {"AP": 40.0}, rows, dict(ABLATION_SETTING, baseline_distilled=False)
     )
     assert "| student alone | `mobilenet_v2/student` | | 1 | 30.0 | 50.0 |" in pretrained
+
+
+def test_a_pretrained_table_says_which_split_chose_each_rows_settings():
+    setting = {"chosen_on": {"kddet_shapes_val": ["fitnet", "fgd"], "kddet_shapes_test": ["nst"]}}
+    note = chosen_on(setting)
+    assert (
+        "chosen on `kddet_shapes_val` by a search" in note
+        and "reported here on `kddet_shapes_test`: fitnet, fgd" in note
+    )
+    assert "on `kddet_shapes_test` itself, so their margins are optimistic: nst." in note
+    assert chosen_on({}) == ""  # tables written before the searches say nothing

@@ -53,6 +53,23 @@ def _tested(rows: Sequence[dict]) -> int:
     return sum("holm" in r for r in rows)
 
 
+def chosen_on(setting: dict) -> str:
+    """Which split chose the rows' settings: a search's validation split, or the reported test set."""
+    chosen = setting.get("chosen_on")
+    if not chosen:
+        return ""
+    (val, searched), (test, on_test) = chosen.items()
+    note = ""
+    if searched:
+        note += (
+            f" Settings chosen on `{val}` by a search (`results/tuning/<name>/`), reported here on `{test}`: "
+            f"{', '.join(searched)}."
+        )
+    if on_test:
+        note += f" Chosen by earlier studies on `{test}` itself, so their margins are optimistic: {', '.join(on_test)}."
+    return note
+
+
 def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict, chart_name: str) -> str:
     """A results table: the settings, teacher and student sizes, and one row per model."""
     student, recipes = rows[0], sorted(rows[1:], key=lambda r: -r["AP"])
@@ -95,7 +112,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"Teacher-student gap: {gap:.1f} AP. *Gap recovered* is ΔAP / gap. "
         + VERDICT_NOTE.format(baseline="student alone", tested=_tested(rows))
         + f" Recipes are in `{bench.folder.relative_to(REPO)}/<name>.yaml`; minutes are the median wall time of the "
-        "row's runs, with the runs sharing the machine.",
+        "row's runs, with the runs sharing the machine." + chosen_on(setting),
         "",
         f"![AP per recipe]({chart_name})",
         "",

@@ -52,11 +52,12 @@ from kddet.config import load_config  # noqa: E402
 from kddet.losses import losses_need_teacher  # noqa: E402
 
 from .cache import student_settings  # noqa: E402
-from .recipes import BENCHMARKS, FIVE_SEED_MODELS, FIVE_SEEDS, SEEDS, STUDENT_SEEDS  # noqa: E402
+from .recipes import BENCHMARKS, CHOSEN_ON_TEST, FIVE_SEED_MODELS, FIVE_SEEDS, SEEDS, STUDENT_SEEDS  # noqa: E402
 from .recipes import all_recipes, recipe_config, run_folder, seeds_of  # noqa: E402
 from .report import draw_chart, format_markdown  # noqa: E402
 from .runner import Runner, convert_missing_weights, evaluate_teacher, generate_splits, git_commit  # noqa: E402
 from .runner import portable, train_teacher  # noqa: E402
+from .searches import SEARCHES, VAL  # noqa: E402
 from .schedule import REPO, SCHEDULES, TEACHER_CONFIG, schedule_iters, schedule_opts  # noqa: E402
 from .stats import compare, summarize  # noqa: E402
 
@@ -101,6 +102,13 @@ def model_sizes(student_config: Path, device: str, opts: Sequence[str]) -> Dict[
 def write_table(stem: Path, teacher: dict, rows: List[dict], sizes: dict, setting: dict) -> str:
     """``stem``.md, .png and .json of a table; the markdown."""
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if setting["benchmark"] == "pretrained":  # which split chose each row's settings, for the table to say
+        searched = {Path(search.recipe).name for search in SEARCHES.values()}
+        names = [row["name"] for row in rows[1:]]
+        setting["chosen_on"] = {
+            VAL: [n for n in names if n in searched],
+            setting["dataset"]: [n for n in names if n in CHOSEN_ON_TEST],
+        }
     title = f"kddet on the embedded data set, {setting['benchmark']} student, schedule {setting['schedule']}"
     draw_chart(teacher, rows, stem.with_suffix(".png"), title, setting["dataset"])
     markdown = format_markdown(teacher, rows, sizes, setting, f"{stem.name}.png")
