@@ -38,7 +38,5 @@ SEARCHES = {
         Search("fgd", "mobilenet_v2/fgd", budget=5),
         Search("mgd", "mobilenet_v2/mgd", budget=5),
         Search("fbkd", "mobilenet_v2/fbkd", budget=5),
-        Search("fitnet", "mobilenet_v2/fitnet", budget=6),
-        Search("fgfi", "mobilenet_v2/fgfi", budget=6),
     ]
 }
