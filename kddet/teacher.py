@@ -72,7 +72,8 @@ def _fastest_dtype(device: torch.device) -> torch.dtype:
 def build_teacher(cfg: CfgNode, load_weights: bool = True) -> GeneralizedRCNN:
     """Build the teacher, load its weights strictly, freeze it and put it in eval mode; with
     ``KD.TEACHER.CHANNELS_LAST``, its weights in channels_last; with a ``KD.TEACHER.PRECISION`` below
-    fp32, its convolution and linear weights held in that precision.
+    fp32, its convolution and linear weights held in that precision, so that it runs under autocast
+    in that precision only (as DistillationRCNN runs it).
 
     ``load_weights=False`` leaves it randomly initialised: the dry run (``tools/train_net.py
     --check``) checks the rest of a recipe with it when the weights are missing.

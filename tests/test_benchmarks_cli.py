@@ -82,11 +82,20 @@ def test_rows_are_added_to_a_table_only_when_its_teacher_and_student_reproduce(t
     assert [row["name"] for row in table["rows"]] == ["student", "fitnet"]
     assert "dropped: removed_recipe" in table_file.with_suffix(".md").read_text()
 
-    # A student that does not reproduce the table's (another seed) cannot add rows to it.
-    table["rows"][0]["AP"] += 0.5
+    # A student that does not reproduce the table's per-seed APs cannot add rows to it.
+    table["rows"][0]["runs"][1]["AP"] += 0.5
     table_file.write_text(json.dumps(table))
     with pytest.raises(SystemExit, match="were not reproduced here"):
         results.main(["--recipes", "fitnet", "--add-to", str(table_file), *common])
+    # Nor, before anything trains, can runs of another benchmark or with other student seeds.
+    calls = len(fake_train.calls)
+    with pytest.raises(
+        SystemExit, match=r"benchmark is scratch, not pretrained .*student alone has the seeds \[1, 2\]"
+    ):
+        results.main(
+            ["--benchmark", "pretrained", "--recipes", "fitnet", "--add-to", str(table_file), "--seeds", "3", *where]
+        )
+    assert len(fake_train.calls) == calls
 
 
 def test_a_study_compares_its_variants_with_its_baseline_over_the_studys_seeds(tmp_path, fake_train):

@@ -182,7 +182,8 @@ def test_a_study_against_a_recipe_starts_with_the_recipe_as_committed():
 
 
 def test_a_pretrained_table_says_which_split_chose_each_rows_settings():
-    setting = {"chosen_on": {"kddet_shapes_val": ["fitnet", "fgd"], "kddet_shapes_test": ["nst"]}}
+    chosen = {"val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": ["fitnet", "fgd"], "on_test": ["nst"]}
+    setting = {"chosen_on": chosen}
     note = chosen_on(setting)
     assert (
         "chosen on `kddet_shapes_val` by a search" in note

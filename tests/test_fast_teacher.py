@@ -127,6 +127,21 @@ def test_a_bf16_teacher_holds_its_weights_in_bf16_and_computes_the_same_records(
         assert all(torch.equal(a, b) for a, b in zip(tensors, by_kind(held_in_fp32)[kind])), kind
 
 
+@pytest.mark.parametrize("fast", ["fp32", "bf16"])
+def test_the_teachers_two_passes_give_the_records_of_one(fast, teacher_weights, batch, student_records):
+    """Backbone and RPN before the student's forward, box head after it: the same records, to the bit,
+    as the teacher computing every kind at once (and in its precision), in fp32."""
+    model = build_model(distillation_cfg(teacher_weights, *FAST.get(fast, []))).train()
+    two_passes = model._teacher_student_records(model._teacher_image_records(batch), student_records)
+    with torch.no_grad(), model._teacher_autocast():
+        images = model.teacher.preprocess_image(batch).tensor
+        one_pass = model.probe.teacher_records(model.teacher, model.probe.teacher_kinds, images, student_records, {})
+    assert list(two_passes) == model.probe.teacher_read == ["features", "rpn", "box_features", "predictions"]
+    for kind, tensors in by_kind(two_passes).items():
+        expected = by_kind(one_pass)[kind]
+        assert all(a.dtype == torch.float32 and torch.equal(a, b.float()) for a, b in zip(tensors, expected)), kind
+
+
 def test_an_fp32_teacher_stays_fp32_in_the_students_autocast(teacher_weights, batch, student_records, reference):
     """SOLVER.AMP is the student's: the teacher computes as KD.TEACHER.PRECISION says."""
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -58,7 +58,7 @@ def chosen_on(setting: dict) -> str:
     chosen = setting.get("chosen_on")
     if not chosen:
         return ""
-    (val, searched), (test, on_test) = chosen.items()
+    val, test, searched, on_test = (chosen[k] for k in ("val", "test", "searched", "on_test"))
     note = ""
     if searched:
         note += (

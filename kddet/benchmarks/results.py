@@ -37,6 +37,7 @@ stops, and the table has to be made again as a whole.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -103,12 +104,12 @@ def write_table(stem: Path, teacher: dict, rows: List[dict], sizes: dict, settin
     """``stem``.md, .png and .json of a table; the markdown."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     if setting["benchmark"] == "pretrained":  # which split chose each row's settings, for the table to say
-        searched = {Path(search.recipe).name for search in SEARCHES.values()}
+        searched = {Path(s.recipe).name for s in SEARCHES.values() if (s.space.parent / "chosen.yaml").is_file()}
         names = [row["name"] for row in rows[1:]]
         setting["chosen_on"] = {
-            VAL: [n for n in names if n in searched],
-            setting["dataset"]: [n for n in names if n in CHOSEN_ON_TEST],
-        }
+            "val": VAL, "test": setting["dataset"],
+            "searched": [n for n in names if n in searched], "on_test": [n for n in names if n in CHOSEN_ON_TEST],
+        }  # fmt: skip
     title = f"kddet on the embedded data set, {setting['benchmark']} student, schedule {setting['schedule']}"
     draw_chart(teacher, rows, stem.with_suffix(".png"), title, setting["dataset"])
     markdown = format_markdown(teacher, rows, sizes, setting, f"{stem.name}.png")
@@ -131,18 +132,42 @@ def rerender(table: dict) -> Tuple[dict, List[dict], dict]:
     return teacher, rows, table.get("sizes")
 
 
+def check_addable(table: dict, args: argparse.Namespace) -> None:
+    """Stop unless the runs ``args`` asks for can join ``table``: same benchmark, the student trained as
+    the table's was, the same extra options and the table's student seeds."""
+    setting = table["setting"]
+    _, student_iters = schedule_iters(args.schedule)
+    student_iters = args.student_iters or student_iters
+    problems = []
+    if setting["benchmark"] != args.benchmark:
+        problems.append(f"the table's benchmark is {setting['benchmark']}, not {args.benchmark} (--benchmark)")
+    if setting.get("extra_opts", []) != args.opts:
+        problems.append(f"the table's runs had the extra options {setting.get('extra_opts', [])}, these {args.opts}")
+    fingerprint = setting.get("student_settings")
+    if fingerprint and fingerprint != student_settings(BENCHMARKS[args.benchmark].student, student_iters, args.opts):
+        problems.append("its student trained otherwise (--schedule, --student-iters)")
+    if seeds_of("student", args.seeds) != setting["seeds"]["student"]:
+        problems.append(f"its student alone has the seeds {setting['seeds']['student']} (--seeds)")
+    if problems:
+        sys.exit(f"Cannot add rows to {args.add_to}: " + "; ".join(problems) + ".")
+
+
 def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tuple[dict, List[dict], dict]:
     """The teacher, rows and setting of ``table`` with ``rows`` (the student alone first, then recipes)
     added, replacing rows of the same name, and without the rows of recipes its benchmark no longer has;
-    ``addition`` (command, commit) is recorded in its setting. Stops unless ``teacher`` and the student
-    alone reproduce the table's exactly."""
+    ``addition`` (command, commit, seeds) is recorded in its setting. Stops unless ``teacher`` and the
+    student alone reproduce the table's exactly: the teacher's settings and AP, and the student's
+    per-seed APs (their mean and spread, for a table that kept no per-seed values)."""
     old_teacher, old_student = table["teacher"], table["rows"][0]
     same_teacher = (
         old_teacher.get("same_run") == teacher.get("same_run") and abs(old_teacher["AP"] - teacher["AP"]) < 1e-9
     )
-    same_student = all(abs(old_student[k] - rows[0][k]) < 1e-9 for k in ("AP", "AP_std")) and (
-        old_student["seeds"] == rows[0]["seeds"]
-    )
+    if "runs" in old_student:
+        same_student = [r.get("AP") for r in old_student["runs"]] == [r.get("AP") for r in rows[0]["runs"]]
+    else:
+        same_student = old_student["seeds"] == rows[0]["seeds"] and all(
+            abs(old_student[k] - rows[0][k]) < 1e-9 or math.isnan(old_student[k]) for k in ("AP", "AP_std")
+        )
     if not (same_teacher and same_student):
         sys.exit(
             f"The table's teacher (AP {old_teacher['AP']:.4f}) and student alone ({old_student['AP']:.4f} ± "
@@ -157,10 +182,10 @@ def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tu
     # The student's runs are the table's, now with their per-seed values.
     merged = compare(old_teacher, [dict(old_student, runs=rows[0]["runs"]), *kept, *added.values()])
     setting = dict(table["setting"])
-    new_seeds = addition.pop("seeds")
     seeds = {name: s for name, s in setting["seeds"].items() if name not in dropped}
-    setting["seeds"] = dict(seeds, **{name: new_seeds[name] for name in added})
-    setting["added"] = [*setting.get("added", []), dict(addition, recipes=list(added), dropped=dropped)]
+    setting["seeds"] = dict(seeds, **{name: addition["seeds"][name] for name in added})
+    record = {"command": addition["command"], "commit": addition["commit"], "recipes": list(added), "dropped": dropped}
+    setting["added"] = [*setting.get("added", []), record]
     return old_teacher, merged, setting
 
 
@@ -223,6 +248,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.add_to and not args.recipes:
         parser.error("--add-to adds the rows of --recipes: name them")
+    if args.add_to:  # before any training: a table these runs cannot join stops here
+        check_addable(json.loads(args.add_to.read_text()), args)
     if args.report_only is not None:
         report_only(args.report_only or sorted(Path(args.results_dir).glob("embedded*.json")), args.device)
         return

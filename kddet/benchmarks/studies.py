@@ -309,7 +309,8 @@ _STUDIES = [
         "inherit_pretrained",
         "Whether FGD and MGD gain from starting the student's neck and heads from the teacher's "
         "(KD.TEACHER.INIT_STUDENT), as their authors train: the student needs the teacher's FPN and box-head "
-        "widths for any layer to match, so every variant is that wider student, alone or distilled.",
+        "widths for any layer to match, so every variant is that wider student; compare the variants with the "
+        "first, the wider student alone, not with the baseline row, which is the table's narrower student.",
         PRETRAINED_STUDENT, VAL,
         (
             V("wider student alone (teacher's FPN and box-head widths)", "mobilenet_v2/student", WIDE),

@@ -36,15 +36,16 @@ def run_search(search: Search, teacher_weights: Path, output: Path, threads: int
         sys.executable, str(REPO / "tools/tune_recipe.py"), "--recipe", portable(search.config),
         "--space", portable(search.space), "--budget", str(search.budget), "--study-dir", portable(study_dir),
         "--dataset", VAL, "--eval-period", str(search.eval_period), "--startup-trials", str(search.startup_trials),
-        "--seeds", *map(str, search.seeds), "KD.TEACHER.WEIGHTS", portable(teacher_weights),
+        "--seeds", *map(str, search.seeds), "--output", portable(search.space.parent / "chosen.yaml"),
+        "KD.TEACHER.WEIGHTS", portable(teacher_weights),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     study_dir.mkdir(parents=True, exist_ok=True)
     with open(study_dir / "stdout.txt", "a") as log:
         returncode = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if returncode == 0:
-        for produced in ("report.md", "report.png", f"{search.config.stem}_tuned.yaml"):
-            shutil.copy(study_dir / produced, search.space.parent / produced.replace(search.config.stem, "chosen"))
+    if returncode == 0:  # the chosen recipe is written there already (--output)
+        for produced in ("report.md", "report.png"):
+            shutil.copy(study_dir / produced, search.space.parent / produced)
     print(f"{search.name}: {'done' if returncode == 0 else f'failed, see {study_dir}/stdout.txt'}", flush=True)
     return returncode
 

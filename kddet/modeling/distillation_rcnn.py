@@ -134,7 +134,7 @@ class DistillationRCNN(GeneralizedRCNN):
         return losses
 
     # The teacher computes in ``teacher_precision`` (not in the student's autocast: an fp32 teacher
-    # stays fp32 under SOLVER.AMP) and its records reach the losses in fp32. no_grad, not
+    # stays fp32 under SOLVER.AMP) and the records the losses read reach them in fp32. no_grad, not
     # inference_mode: the losses save the records for their backward, which inference tensors cannot be.
     def _teacher_autocast(self) -> torch.autocast:
         dtype = self.teacher_precision
@@ -142,7 +142,8 @@ class DistillationRCNN(GeneralizedRCNN):
 
     @torch.no_grad()
     def _teacher_image_records(self, batched_inputs: List[Dict]) -> Dict:
-        """The teacher's records that need only the images: its FPN maps and RPN outputs."""
+        """The teacher's records that need only the images (its FPN maps and RPN outputs), in its own
+        precision: they are held through the student's forward."""
         if not self.probe.teacher_image_kinds:
             return {}
         if self.teacher.input_format != self.input_format:  # RGB <-> BGR
@@ -151,18 +152,17 @@ class DistillationRCNN(GeneralizedRCNN):
         if self.teacher_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self._teacher_autocast():
-            records = self.probe.teacher_records(self.teacher, self.probe.teacher_image_kinds, images, {}, {})
-        return _to_float32(records)
+            return self.probe.teacher_records(self.teacher, self.probe.teacher_image_kinds, images, {}, {})
 
     @torch.no_grad()
     def _teacher_student_records(self, records: Dict, student: Dict) -> Dict:
-        """``records`` completed with the teacher's records on the student's sampled proposals (its
-        box head's), and without those no loss reads (maps only the box head needed)."""
+        """The records the losses read, in fp32: ``records`` completed with the teacher's box head's
+        on the student's sampled proposals, without those no loss reads (maps only the box head needed)."""
         if self.probe.teacher_student_kinds:
             with self._teacher_autocast():
                 kinds = self.probe.teacher_student_kinds
-                records = _to_float32(self.probe.teacher_records(self.teacher, kinds, None, student, records))
-        return {name: records[name] for name in self.probe.teacher_read}
+                records = self.probe.teacher_records(self.teacher, kinds, None, student, records)
+        return _to_float32({name: records[name] for name in self.probe.teacher_read})
 
 
 def _to_float32(records: Any) -> Any:
