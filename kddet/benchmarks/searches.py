@@ -33,10 +33,10 @@ class Search:
 SEARCHES = {
     s.name: s
     for s in [
-        Search("review_kd", "mobilenet_v2/review_kd", budget=5),
-        Search("dkd", "mobilenet_v2/dkd", budget=5),
-        Search("fgd", "mobilenet_v2/fgd", budget=5),
-        Search("mgd", "mobilenet_v2/mgd", budget=5),
-        Search("fbkd", "mobilenet_v2/fbkd", budget=5),
+        Search("review_kd", "mobilenet_v2/review_kd", budget=4),
+        Search("dkd", "mobilenet_v2/dkd", budget=4),
+        Search("fgd", "mobilenet_v2/fgd", budget=4),
+        Search("mgd", "mobilenet_v2/mgd", budget=4),
+        Search("fbkd", "mobilenet_v2/fbkd", budget=4),
     ]
 }
