@@ -56,7 +56,7 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
         "nst": ("NST", "WEIGHT", 100.0), "chen2017": ("FITNET", "WEIGHT", 0.02), "pkd": ("PKD", "WEIGHT", 5.0),
         # chosen on kddet_shapes_val by the searches of results/tuning/
         "review_kd": ("REVIEWKD", "WEIGHT", 1.6), "fgd": ("FGD", "WEIGHT", 0.33), "dkd": ("DKD", "BETA", 0.14),
-        "mgd": ("MGD", "WEIGHT", 3.1e-6),
+        "mgd": ("MGD", "WEIGHT", 3.1e-6), "fbkd": ("FBKD", "WEIGHT", 4.8),
     }  # fmt: skip
     standardised = load_config(recipe_config("pretrained", "fgfi_standardised")).KD
     fgfi = load_config(recipe_config("pretrained", "fgfi")).KD
