@@ -527,7 +527,7 @@ def main() -> None:
         lines.append(
             f"| {name} | {1000 * r['step_s']:.1f} | {r['step_s'] / base['step_s']:.2f} | {added / teacher_fwd:.2f} | "
             f"{added / backbone_fwd:.2f} | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} | "
-            f"{r['teacher_mb']:.0f} | {r['records_mb']:.0f} | {r['adapters_mb']:.0f} |"
+            f"{r['teacher_mb']:.0f} | {r['records_mb']:.0f} | {r['adapters_mb']:.1f} |"
         )
     print("\n" + "\n".join(lines))
     if args.output:
