@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 import kddet
 
@@ -80,18 +81,6 @@ def _tensor_mb(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
 
 
-def _record_tensors(records):
-    """Every tensor of the teacher's records (dicts, lists and named tuples of tensors)."""
-    if isinstance(records, torch.Tensor):
-        yield records
-    elif isinstance(records, dict):
-        for value in records.values():
-            yield from _record_tensors(value)
-    elif isinstance(records, (list, tuple)):
-        for value in records:
-            yield from _record_tensors(value)
-
-
 def measure_training(config: str, opts, batches_file: str, warmup: int, repeats: int, amp: bool, out) -> None:
     """Child process: median training-step time and peak memory of one config, its model built as
     the trainer builds it, and what distillation adds that is held through a step: the teacher's
@@ -112,7 +101,7 @@ def measure_training(config: str, opts, batches_file: str, warmup: int, repeats:
 
         def measured(*args):
             records = student_records(*args)
-            held["records_mb"] = max(held["records_mb"], _tensor_mb(_record_tensors(records)))
+            held["records_mb"] = max(held["records_mb"], _tensor_mb(tree_leaves(records)))
             return records
 
         model._teacher_student_records = measured

@@ -9,10 +9,11 @@ exactly what the student returns. Its backbone and RPN run before the student's 
 head after it, on the student's sampled proposals; the records no loss reads are not kept.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
@@ -162,17 +163,5 @@ class DistillationRCNN(GeneralizedRCNN):
             with self._teacher_autocast():
                 kinds = self.probe.teacher_student_kinds
                 records = self.probe.teacher_records(self.teacher, kinds, None, student, records)
-        return _to_float32({name: records[name] for name in self.probe.teacher_read})
-
-
-def _to_float32(records: Any) -> Any:
-    """``records`` (tensors in nested dicts, lists and tuples) with every floating-point tensor in fp32."""
-    if isinstance(records, torch.Tensor):
-        return records.float() if records.is_floating_point() else records
-    if isinstance(records, dict):
-        return {k: _to_float32(v) for k, v in records.items()}
-    if isinstance(records, tuple) and hasattr(records, "_fields"):  # a named tuple
-        return type(records)(*(_to_float32(v) for v in records))
-    if isinstance(records, (list, tuple)):
-        return type(records)(_to_float32(v) for v in records)
-    return records
+        read = {name: records[name] for name in self.probe.teacher_read}
+        return tree_map_only(torch.Tensor, lambda t: t.float() if t.is_floating_point() else t, read)
