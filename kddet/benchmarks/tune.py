@@ -28,10 +28,11 @@ from .searches import SEARCHES, VAL, Search  # noqa: E402
 COMMAND = "python -m kddet.benchmarks.tune"
 
 
-def run_search(search: Search, teacher_weights: Path, output: Path, threads: int) -> int:
+def run_search(search: Search, teacher_weights: Path, teacher_key: str, output: Path, threads: int) -> int:
     """tools/tune_recipe.py for ``search`` in a subprocess on ``threads`` threads; its outcome copied
-    to results/tuning/<name>/."""
-    study_dir = output / search.name
+    to results/tuning/<name>/. The study is kept per teacher (``teacher_key``, its run's key), so that
+    a search resumed after the teacher was trained again starts afresh instead of mixing teachers."""
+    study_dir = output / search.name / teacher_key[:12]
     command = [
         sys.executable, str(REPO / "tools/tune_recipe.py"), "--recipe", portable(search.config),
         "--space", portable(search.space), "--budget", str(search.budget), "--study-dir", portable(study_dir),
@@ -67,14 +68,11 @@ def main(argv=None) -> None:
     convert_missing_weights([s.config for s in searches])
     output = Path(args.output).resolve()
     runner = Runner("cpu", args.jobs, [], False, cache_root=output)
-    train_teacher(runner, output / "teacher")
+    teacher = train_teacher(runner, output / "teacher")
+    weights, root = output / "teacher/model_final.pth", Path(args.study_root)
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(
-            pool.map(
-                lambda s: run_search(s, output / "teacher/model_final.pth", Path(args.study_root), threads), searches
-            )
-        )
+        codes = list(pool.map(lambda s: run_search(s, weights, teacher["key"], root, threads), searches))
     if any(codes):
         sys.exit("Some searches failed; run the same command again to resume them.")
 
