@@ -319,6 +319,7 @@ _STUDIES = [
             V("MGD, wider student", "mobilenet_v2/mgd", WIDE),
             V("MGD, wider student inheriting", "mobilenet_v2/mgd", (*WIDE, *INHERIT)),
         ),
+        (1, 2, 3),
     ),
 ]  # fmt: skip
 STUDIES: Dict[str, Study] = {study.name: study for study in _STUDIES}
