@@ -38,5 +38,11 @@ SEARCHES = {
         Search("fgd", "mobilenet_v2/fgd", budget=4),
         Search("mgd", "mobilenet_v2/mgd", budget=4),
         Search("fbkd", "mobilenet_v2/fbkd", budget=4),
+        Search("fitnet", "mobilenet_v2/fitnet", budget=4),
+        Search("fgfi", "mobilenet_v2/fgfi", budget=4),
+        Search("nst", "mobilenet_v2/nst", budget=4),
+        Search("chen2017", "mobilenet_v2/chen2017", budget=4),
+        Search("pkd", "mobilenet_v2/pkd", budget=4),
+        Search("combined", "mobilenet_v2/combined", budget=6),
     ]
 }
