@@ -73,6 +73,24 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
     assert run_folder("scratch", "student") == "student"
 
 
+def test_the_headline_recipe_is_fgd_on_the_wide_student_inheriting_and_trains_ten_seeds():
+    assert all_recipes("wide") == ["fgd_inheriting"]
+    headline = load_config(recipe_config("wide", "fgd_inheriting"))
+    wide, narrow = load_config(BENCHMARKS["wide"].student), load_config(BENCHMARKS["pretrained"].student)
+    assert (wide.MODEL.FPN.OUT_CHANNELS, wide.MODEL.ROI_BOX_HEAD.FC_DIM) == (128, 512) != (
+        narrow.MODEL.FPN.OUT_CHANNELS, narrow.MODEL.ROI_BOX_HEAD.FC_DIM
+    )  # fmt: skip
+    assert wide.MODEL.BACKBONE == narrow.MODEL.BACKBONE and wide.DATASETS.TEST == ("kddet_shapes_test",)
+    headline.MODEL.META_ARCHITECTURE = wide.MODEL.META_ARCHITECTURE
+    assert headline.MODEL == wide.MODEL and headline.DATASETS == wide.DATASETS  # the table's student, distilled
+    fgd = load_config(recipe_config("pretrained", "fgd")).KD
+    assert headline.KD.TEACHER.INIT_STUDENT and not fgd.TEACHER.INIT_STUDENT
+    fgd.TEACHER.INIT_STUDENT = True
+    fgd.FGD.WEIGHT = headline.KD.FGD.WEIGHT  # chosen by the search results/tuning/fgd_inheriting/
+    assert headline.KD == fgd
+    assert seeds_of(run_folder("wide", "fgd_inheriting")) == seeds_of("student") == list(range(1, 11))
+
+
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_every_variant_loads_and_changes_what_it_says(study):
     study = STUDIES[study]
@@ -149,4 +167,5 @@ def test_every_search_tunes_keys_of_its_recipe_on_the_validation_split(search):
     dimensions = load_search_space(str(search.space), recipe)  # stops on a key the recipe lacks
     assert dimensions and all(d.key.startswith("KD.") for d in dimensions)
     assert VAL == "kddet_shapes_val" and search.startup_trials < search.budget
-    assert search.recipe.startswith("mobilenet_v2/")  # the pretrained benchmark's recipes
+    # the recipes of the tables with a pretrained student (results/embedded.md, embedded_wide.md)
+    assert search.recipe.split("/")[0] in ("mobilenet_v2", "mobilenet_v2_wide")

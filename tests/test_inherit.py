@@ -8,10 +8,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from conftest import STUDENT_CONFIG, TEACHER_CONFIG, load_config
+from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, load_config
 from kddet.dry_run import dry_run
 from kddet.engine import Trainer
-from kddet.inherit import NO_TEACHER, NOTHING_INHERITED, inherit_from_teacher
+from kddet.inherit import NO_TEACHER, NOTHING_INHERITED, inherit_from_teacher, inheritance_plan
 from kddet.modeling import DistillationRCNN
 
 # The shapes student with the teacher's FPN and box-head widths: its FPN output convs, RPN head and
@@ -95,3 +95,12 @@ def test_check_reports_the_inheritance(teacher_weights, tmp_path):
     no_teacher = inheriting_cfg(teacher_weights, tmp_path, "KD.LOSSES", ["VirtualTeacher"])
     report, num_errors = dry_run(no_teacher, flops=False)
     assert num_errors == 1 and NO_TEACHER in report
+
+
+def test_the_headline_student_takes_all_the_teacher_has_outside_its_backbone_but_the_lateral_convs(teacher_weights):
+    config = REPO / "configs/shapes/mobilenet_v2_wide/fgd_inheriting.yaml"
+    model = DistillationRCNN(load_config(config, "MODEL.WEIGHTS", "", "KD.TEACHER.WEIGHTS", str(teacher_weights)))
+    plan = inheritance_plan(model)
+    assert plan.copied and all(not name.startswith("backbone.bottom_up.") for name in plan.copied)
+    assert {name.split(".")[1] for name, _ in plan.skipped} == {f"fpn_lateral{level}" for level in range(2, 6)}
+    assert not plan.student_only  # the teacher has every tensor of the student's neck and heads

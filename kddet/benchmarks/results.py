@@ -1,19 +1,22 @@
 """The results tables: teacher, student baseline and every recipe of a benchmark on the embedded data set.
 
-Two benchmarks share one teacher (the slim R18 of configs/shapes/):
+Three benchmarks share one teacher (the slim R18 of configs/shapes/):
 - ``pretrained`` (results/embedded.md, the quoted table): the student is MobileNetV2-FPN from
   torchvision's ImageNet weights, as users start one, with the recipes of configs/shapes/mobilenet_v2/,
   evaluated on kddet_shapes_test (2000 images);
+- ``wide`` (results/embedded_wide.md): the headline recipe on its student, the same MobileNetV2-FPN
+  with the teacher's neck and head widths (configs/shapes/mobilenet_v2_wide/), on kddet_shapes_test;
 - ``scratch`` (results/embedded_scratch.md): the slim R8 student trained from random weights, with
   every recipe of configs/shapes/ (every registered loss), evaluated on kddet_shapes_val (200 images).
 
-Trains the teacher once, then the student alone (ten seeds) and each recipe (five seeds for the
-teacher-free baseline, the card's methods and the combined recipes, three for the rest), all through
-tools/train_net.py (each run ends with COCO evaluation), evaluates the teacher on the benchmark's test
-set, and writes results/<stem>.md, .json and .png: AP, AP50, AP75 mean ± std over seeds, the change
-against the student with Welch's t-test (each row alone, and with Holm's correction over the table),
-the fraction of the teacher-student gap recovered, parameters and FLOPs. The JSON holds every run's
-values, so that --report-only renders the table again, exactly, without training.
+Trains the teacher once, then the student alone and the headline recipe (ten seeds) and each other
+recipe (five seeds for the teacher-free baseline, the card's methods, the newer methods and the
+combined recipes, three for the rest), all through tools/train_net.py (each run ends with COCO
+evaluation), evaluates the teacher on the benchmark's test set, and writes results/<stem>.md, .json
+and .png: AP, AP50, AP75 mean ± std over seeds, the change against the student with Welch's t-test
+(each row alone, and with Holm's correction over the table), the fraction of the teacher-student gap
+recovered, parameters and FLOPs. The JSON holds every run's values, so that --report-only renders
+the table again, exactly, without training.
 
 Runs go to output/results/<tag>/<recipe>/seed<N>/ and the teacher to output/results/teacher/, shared by
 every tag that trains it as its config says. A finished run is reused while its resolved config (output
@@ -223,8 +226,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", nargs="+", help="recipe names in the benchmark's folder (default: all)")
     parser.add_argument(
         "--seeds", nargs="+", type=int,
-        help=f"seeds of every model (default: {STUDENT_SEEDS} for the student, {FIVE_SEEDS} for "
-        f"{sorted(FIVE_SEED_MODELS)}, {SEEDS} for the rest)",
+        help=f"seeds of every model (default: {STUDENT_SEEDS} for the student and the headline recipe, "
+        f"{FIVE_SEEDS} for {sorted(FIVE_SEED_MODELS)}, {SEEDS} for the rest)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument(

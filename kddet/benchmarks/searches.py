@@ -44,5 +44,6 @@ SEARCHES = {
         Search("chen2017", "mobilenet_v2/chen2017", budget=4),
         Search("pkd", "mobilenet_v2/pkd", budget=4),
         Search("combined", "mobilenet_v2/combined", budget=6),
+        Search("fgd_inheriting", "mobilenet_v2_wide/fgd_inheriting", budget=4),
     ]
 }
