@@ -9,9 +9,12 @@ A *search space* is a yaml file of config keys, each with a range or a list of c
 Each trial trains the recipe with one sampled setting and is scored by its box AP on the
 validation set. Optuna's TPE sampler proposes the settings and its median pruner stops a trial
 whose AP at an intermediate evaluation (``TEST.EVAL_PERIOD``) is below the median of earlier
-trials at the same step. The study is kept in a journal file, so a search that was interrupted
-resumes where it stopped. The chosen setting is written as a recipe (a yaml whose ``_BASE_`` is
-the searched recipe) together with a report of every trial (markdown table and chart).
+trials at the same step. Evaluations in the first half of the schedule are recorded but stop no
+trial: a distillation loss at a high weight can speed a student's start without improving its end,
+so early AP would stop the low weights for the wrong reason. The study is kept in a journal file,
+so a search that was interrupted resumes where it stopped. The chosen setting is written as a
+recipe (a yaml whose ``_BASE_`` is the searched recipe) together with a report of every trial
+(markdown table and chart).
 """
 
 import gc
@@ -106,9 +109,10 @@ class PruningHook(HookBase):
     """Reports each evaluation's box AP to an optuna trial and stops the run when the pruner says
     so. It must come after detectron2's EvalHook, whose results it reads from the event storage."""
 
-    def __init__(self, trial: optuna.Trial, step_offset: int = 0):
+    def __init__(self, trial: optuna.Trial, step_offset: int = 0, prune_from: int = 0):
         self.trial = trial
         self.step_offset = step_offset
+        self.prune_from = prune_from  # the first iteration whose evaluation may stop the trial
         self.last_ap: Optional[float] = None
         self._seen_iter = -1
 
@@ -122,7 +126,7 @@ class PruningHook(HookBase):
     def after_step(self):
         if self._read_evaluation():
             self.trial.report(self.last_ap, self.step_offset + self._seen_iter)
-            if self.trial.should_prune():
+            if self._seen_iter + 1 >= self.prune_from and self.trial.should_prune():
                 raise optuna.TrialPruned(f"AP {self.last_ap:.1f} at iteration {self._seen_iter + 1}")
 
     def after_train(self):
@@ -138,12 +142,12 @@ class TuningResult:
     num_trials: int
 
 
-def _train_trial(cfg: CfgNode, trial: optuna.Trial, step_offset: int) -> float:
+def _train_trial(cfg: CfgNode, trial: optuna.Trial, step_offset: int, prune_from: int) -> float:
     """Train ``cfg`` in this process with a PruningHook; the box AP of its last evaluation."""
     from .engine import Trainer  # detectron2's trainer modules are heavy: imported when a search runs
 
     trainer = Trainer(cfg)
-    hook = PruningHook(trial, step_offset)
+    hook = PruningHook(trial, step_offset, prune_from)
     trainer.register_hooks([hook])
     trainer.resume_or_load(resume=False)
     try:
@@ -176,11 +180,13 @@ def tune(
     sampler_seed: int = 0,
     startup_trials: int = 5,
     output: Optional[str] = None,
+    prune_from: Optional[int] = None,
 ) -> TuningResult:
     """Search ``space_file``'s keys of ``recipe`` for the highest mean box AP over ``seeds`` on
     ``dataset`` until ``budget`` trials have finished (completed or pruned), resuming the study in
     ``study_dir`` if it exists; write the chosen recipe (``output``, default
-    ``study_dir/<recipe>_tuned.yaml``) and the report ``study_dir/report.md`` with its chart."""
+    ``study_dir/<recipe>_tuned.yaml``) and the report ``study_dir/report.md`` with its chart. Only
+    evaluations from iteration ``prune_from`` on (default: half the schedule) may stop a trial."""
     base = load_config(recipe, opts)
     dataset = _validation_set(dataset or (base.DATASETS.TEST[0] if base.DATASETS.TEST else ""))
     dimensions = load_search_space(space_file, base)
@@ -211,6 +217,7 @@ def tune(
     study.set_user_attr("settings", settings)
     _resume(study)
     max_iter = base.SOLVER.MAX_ITER
+    prune_from = max_iter // 2 if prune_from is None else prune_from
 
     def objective(trial: optuna.Trial) -> float:
         values = {d.key: d.suggest(trial) for d in dimensions}
@@ -233,7 +240,7 @@ def tune(
                 ],
             )
             cfg.freeze()
-            scores.append(_train_trial(cfg, trial, index * max_iter))
+            scores.append(_train_trial(cfg, trial, index * max_iter, prune_from))
         trial.set_user_attr("seed_ap", scores)
         return statistics.fmean(scores)
 

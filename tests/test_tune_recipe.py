@@ -134,6 +134,16 @@ def test_pruning_hook_reports_each_evaluation_once_and_stops_when_told(prune):
     assert hook.trial.reported == [(42.0, 109)]
 
 
+def test_an_evaluation_before_prune_from_is_reported_but_stops_nothing():
+    hook = PruningHook(FakeTrial(True), step_offset=0, prune_from=20)
+    hook.trainer = FakeTrainer({"bbox/AP": (30.0, 9)})
+    hook.after_step()  # iteration 10: the pruner would stop it, but it is not asked yet
+    hook.trainer = FakeTrainer({"bbox/AP": (31.0, 19)})
+    with pytest.raises(optuna.TrialPruned, match="AP 31.0 at iteration 20"):
+        hook.after_step()
+    assert hook.trial.reported == [(30.0, 9), (31.0, 19)]
+
+
 def test_a_tiny_search_writes_its_recipe_and_report_and_resumes(tmp_path, tiny_sets, teacher_weights):
     space = write_space(tmp_path / "space.yaml", {"KD.NST.WEIGHT": {"low": 1.0, "high": 100.0, "log": True}})
     study_dir = tmp_path / "study"

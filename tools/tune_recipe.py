@@ -39,6 +39,11 @@ def main() -> None:
     parser.add_argument(
         "--eval-period", type=int, default=0, help="evaluate every N iterations, for pruning (0: at the end)"
     )
+    parser.add_argument(
+        "--prune-from",
+        type=int,
+        help="the first iteration whose evaluation may stop a trial (default: half the schedule)",
+    )
     parser.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE and pruning start")
     parser.add_argument("--sampler-seed", type=int, default=0)
     parser.add_argument("--output", help="where the chosen recipe is written")
@@ -60,6 +65,7 @@ def main() -> None:
         sampler_seed=args.sampler_seed,
         startup_trials=args.startup_trials,
         output=args.output,
+        prune_from=args.prune_from,
     )
     print(f"best of {result.num_trials} trials: AP {result.best_value:.1f} with {result.best_params}")
     print(f"recipe: {result.recipe_file}\nreport: {result.report_file}")
