@@ -20,9 +20,11 @@ test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 # results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 10 (student), 5 or 3
-# seeds, and results/embedded_scratch.*: the slim student from scratch and every loss (kddet/benchmarks/).
+# seeds; results/embedded_wide.*: the headline recipe and its student, 10 seeds each; and
+# results/embedded_scratch.*: the slim student from scratch and every loss (kddet/benchmarks/).
 results: setup
 	$(PY) -m kddet.benchmarks.results
+	$(PY) -m kddet.benchmarks.results --benchmark wide
 	$(PY) -m kddet.benchmarks.results --benchmark scratch
 
 results-cpu-short: setup

@@ -190,6 +190,7 @@ def tune(
     base = load_config(recipe, opts)
     dataset = _validation_set(dataset or (base.DATASETS.TEST[0] if base.DATASETS.TEST else ""))
     dimensions = load_search_space(space_file, base)
+    prune_from = base.SOLVER.MAX_ITER // 2 if prune_from is None else prune_from
     study_path = Path(study_dir)
     study_path.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study_path / "study.log")))
@@ -207,6 +208,7 @@ def tune(
         "dataset": dataset,
         "seeds": list(seeds),
         "opts": list(opts),
+        "prune_from": prune_from,
     }
     previous = study.user_attrs.get("settings")
     if previous is not None and previous != settings:
@@ -217,7 +219,6 @@ def tune(
     study.set_user_attr("settings", settings)
     _resume(study)
     max_iter = base.SOLVER.MAX_ITER
-    prune_from = max_iter // 2 if prune_from is None else prune_from
 
     def objective(trial: optuna.Trial) -> float:
         values = {d.key: d.suggest(trial) for d in dimensions}

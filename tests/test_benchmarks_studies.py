@@ -6,6 +6,7 @@ import pytest
 from conftest import load_config
 
 from kddet.benchmarks.ablate import out_dir, split_opts, study_seeds
+from kddet.benchmarks.results import choosing_splits
 from kddet.benchmarks.recipes import (
     BENCHMARKS,
     FIVE_SEED_MODELS,
@@ -86,9 +87,17 @@ def test_the_headline_recipe_is_fgd_on_the_wide_student_inheriting_and_trains_te
     fgd = load_config(recipe_config("pretrained", "fgd")).KD
     assert headline.KD.TEACHER.INIT_STUDENT and not fgd.TEACHER.INIT_STUDENT
     fgd.TEACHER.INIT_STUDENT = True
-    fgd.FGD.WEIGHT = headline.KD.FGD.WEIGHT  # chosen by the search results/tuning/fgd_inheriting/
     assert headline.KD == fgd
     assert seeds_of(run_folder("wide", "fgd_inheriting")) == seeds_of("student") == list(range(1, 11))
+
+
+def test_the_table_names_the_split_that_chose_each_row_by_its_recipe_folder():
+    chosen = choosing_splits("pretrained", ["fitnet", "fgd", "nst", "kd"], "kddet_shapes_test")
+    assert chosen == {
+        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": ["fitnet", "fgd"], "on_test": ["nst"]
+    }  # fmt: skip
+    # The pretrained student's FGD search chose nothing for the headline recipe of another folder.
+    assert choosing_splits("wide", ["fgd"], "kddet_shapes_test")["searched"] == []
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))

@@ -161,6 +161,8 @@ def test_a_tiny_search_writes_its_recipe_and_report_and_resumes(tmp_path, tiny_s
     assert trials[0].params == study.trials[0].params  # the first trial was kept, not rerun
     assert trials[2].params["KD.NST.WEIGHT"] == interrupted.params["KD.NST.WEIGHT"]
     assert trials[2].intermediate_values  # the pruner saw the intermediate AP
+    max_iter = load_config(RECIPE, *opts).SOLVER.MAX_ITER  # its evaluations stop no trial before half of it
+    assert optuna.load_study(study_name="kddet", storage=storage).user_attrs["settings"]["prune_from"] == max_iter // 2
 
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert result.best_value == pytest.approx(best.value)

@@ -1,4 +1,4 @@
-"""The two benchmarks of the results tables, their recipes, and how many seeds each model trains."""
+"""The three benchmarks of the results tables, their recipes, and how many seeds each model trains."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ FIVE_SEED_MODELS = {
 }  # fmt: skip
 # The student alone gets ten: every row is compared against it, and its spread is the benchmark's
 # own figure of merit, which five runs estimate only to within about half its size. So does the
-# headline recipe, the figure the README quotes.
+# headline recipe, whose figure the README quotes.
 STUDENT_SEEDS = list(range(1, 11))
 TEN_SEED_MODELS = {"student", "fgd_inheriting"}
 

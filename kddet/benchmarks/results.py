@@ -103,16 +103,25 @@ def model_sizes(student_config: Path, device: str, opts: Sequence[str]) -> Dict[
         }
 
 
+def choosing_splits(benchmark: str, names: Sequence[str], test: str) -> dict:
+    """Which split chose the settings of each recipe in ``names``, for the table to say: those of a
+    search that has chosen (results/tuning/<name>/chosen.yaml) on VAL, and the rest of CHOSEN_ON_TEST
+    on ``test``."""
+    searched = {s.recipe for s in SEARCHES.values() if (s.space.parent / "chosen.yaml").is_file()}
+    return {
+        "val": VAL, "test": test,
+        "searched": [n for n in names if run_folder(benchmark, n) in searched],
+        "on_test": [n for n in names if n in CHOSEN_ON_TEST],
+    }  # fmt: skip
+
+
 def write_table(stem: Path, teacher: dict, rows: List[dict], sizes: dict, setting: dict) -> str:
     """``stem``.md, .png and .json of a table; the markdown."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    if setting["benchmark"] == "pretrained":  # which split chose each row's settings, for the table to say
-        searched = {Path(s.recipe).name for s in SEARCHES.values() if (s.space.parent / "chosen.yaml").is_file()}
-        names = [row["name"] for row in rows[1:]]
-        setting["chosen_on"] = {
-            "val": VAL, "test": setting["dataset"],
-            "searched": [n for n in names if n in searched], "on_test": [n for n in names if n in CHOSEN_ON_TEST],
-        }  # fmt: skip
+    if setting["benchmark"] != "scratch":  # its rows' settings are chosen for its test set's table
+        setting["chosen_on"] = choosing_splits(
+            setting["benchmark"], [row["name"] for row in rows[1:]], setting["dataset"]
+        )
     title = f"kddet on the embedded data set, {setting['benchmark']} student, schedule {setting['schedule']}"
     draw_chart(teacher, rows, stem.with_suffix(".png"), title, setting["dataset"])
     markdown = format_markdown(teacher, rows, sizes, setting, f"{stem.name}.png")
@@ -212,8 +221,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--benchmark", choices=BENCHMARKS, default="pretrained",
-        help="the student and its recipes: ImageNet-pretrained MobileNetV2 (quoted), or the slim R8 from scratch "
-        "with every loss",
+        help="the student and its recipes: ImageNet-pretrained MobileNetV2 (quoted), the headline recipe on "
+        "its wide MobileNetV2, or the slim R8 from scratch with every loss",
     )  # fmt: skip
     parser.add_argument(
         "--schedule",

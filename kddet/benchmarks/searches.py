@@ -1,6 +1,6 @@
-"""The searches that choose the pretrained benchmark's recipe settings, as data: each tunes one recipe's
-keys on kddet_shapes_val with tools/tune_recipe.py (kddet.tuning), never on the test images the
-results table reports. A search's space and its outcome (report, chart, chosen setting) are kept
+"""The searches that choose the settings of the pretrained students' recipes, as data: each tunes one
+recipe's keys on kddet_shapes_val with tools/tune_recipe.py (kddet.tuning), never on the test images
+the results tables report. A search's space and its outcome (report, chart, chosen setting) are kept
 together under results/tuning/<name>/."""
 
 from dataclasses import dataclass
