@@ -6,6 +6,7 @@ import pytest
 from conftest import load_config
 
 from kddet.benchmarks.ablate import out_dir, split_opts, study_seeds
+from kddet.benchmarks import results
 from kddet.benchmarks.results import choosing_splits
 from kddet.benchmarks.recipes import (
     BENCHMARKS,
@@ -16,7 +17,7 @@ from kddet.benchmarks.recipes import (
     run_folder,
     seeds_of,
 )
-from kddet.benchmarks.searches import SEARCHES, VAL
+from kddet.benchmarks.searches import SEARCHES, VAL, Search
 from kddet.benchmarks.studies import STUDIES
 from kddet.tuning import load_search_space
 
@@ -98,6 +99,20 @@ def test_the_table_names_the_split_that_chose_each_row_by_its_recipe_folder():
     }  # fmt: skip
     # The pretrained student's FGD search chose nothing for the headline recipe of another folder.
     assert choosing_splits("wide", ["fgd"], "kddet_shapes_test")["searched"] == []
+
+
+def test_a_recipe_chosen_on_test_stays_so_until_it_carries_its_searchs_choice(monkeypatch, tmp_path):
+    search = Search("nst", "mobilenet_v2/nst", budget=4)
+    monkeypatch.setattr(Search, "space", property(lambda self: tmp_path / self.name / "space.yaml"))
+    (tmp_path / "nst").mkdir()
+    (tmp_path / "nst/chosen.yaml").write_text("KD: {NST: {WEIGHT: 30.0}}\n")
+    monkeypatch.setattr(results, "SEARCHES", {"nst": search})
+    assert "nst" in results.CHOSEN_ON_TEST
+    assert choosing_splits("pretrained", ["nst"], "kddet_shapes_test") == {
+        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": [], "on_test": ["nst"]
+    }  # fmt: skip
+    monkeypatch.setattr(results, "CHOSEN_ON_TEST", set())
+    assert choosing_splits("pretrained", ["nst"], "kddet_shapes_test")["searched"] == ["nst"]
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))

@@ -104,14 +104,16 @@ def model_sizes(student_config: Path, device: str, opts: Sequence[str]) -> Dict[
 
 
 def choosing_splits(benchmark: str, names: Sequence[str], test: str) -> dict:
-    """Which split chose the settings of each recipe in ``names``, for the table to say: those of a
-    search that has chosen (results/tuning/<name>/chosen.yaml) on VAL, and the rest of CHOSEN_ON_TEST
-    on ``test``."""
+    """Which split chose the settings of each recipe in ``names``, for the table to say: those in
+    CHOSEN_ON_TEST on ``test``, and of the rest those of a search that has chosen
+    (results/tuning/<name>/chosen.yaml) on VAL. A recipe stays in CHOSEN_ON_TEST until it carries
+    its search's choice."""
     searched = {s.recipe for s in SEARCHES.values() if (s.space.parent / "chosen.yaml").is_file()}
+    on_test = [n for n in names if n in CHOSEN_ON_TEST]
     return {
         "val": VAL, "test": test,
-        "searched": [n for n in names if run_folder(benchmark, n) in searched],
-        "on_test": [n for n in names if n in CHOSEN_ON_TEST],
+        "searched": [n for n in names if run_folder(benchmark, n) in searched and n not in on_test],
+        "on_test": on_test,
     }  # fmt: skip
 
 
