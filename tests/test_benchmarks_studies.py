@@ -88,6 +88,8 @@ def test_the_headline_recipe_is_fgd_on_the_wide_student_inheriting_and_trains_te
     fgd = load_config(recipe_config("pretrained", "fgd")).KD
     assert headline.KD.TEACHER.INIT_STUDENT and not fgd.TEACHER.INIT_STUDENT
     fgd.TEACHER.INIT_STUDENT = True
+    assert headline.KD.FGD.WEIGHT == 0.48 != fgd.FGD.WEIGHT  # chosen by the search results/tuning/fgd_inheriting/
+    fgd.FGD.WEIGHT = 0.48
     assert headline.KD == fgd
     assert seeds_of(run_folder("wide", "fgd_inheriting")) == seeds_of("student") == list(range(1, 11))
 
