@@ -106,3 +106,12 @@ def test_the_headline_student_takes_all_the_teacher_has_outside_its_backbone_but
     assert layers == {f"backbone.fpn_output{level}" for level in range(2, 6)} | heads
     assert {name.split(".")[1] for name, _ in plan.skipped} == {f"fpn_lateral{level}" for level in range(2, 6)}
     assert not plan.student_only  # the teacher has every tensor of the student's neck and heads
+
+
+def test_the_voc_headline_recipe_inherits_all_but_the_lateral_convs_of_its_r101_teacher(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)  # the recipe names its teacher config relative to the repository
+    cfg = load_config(REPO / "configs/voc/fgd_inheriting_mobilenet_v2.yaml", "OUTPUT_DIR", str(tmp_path))
+    report, _ = dry_run(cfg, flops=False)  # its errors are the absent teacher weights and VOC files
+    assert "22 teacher tensor(s) copied into the student, 8 not copied" in report
+    skipped = [line for line in report.splitlines() if line.strip().startswith("not copied: ")]
+    assert len(skipped) == 8 and all("backbone.fpn_lateral" in line for line in skipped)
