@@ -321,5 +321,16 @@ _STUDIES = [
         ),
         (1, 2, 3),
     ),
+    Study(
+        "headline_parts",
+        "How much of the headline recipe's gain is its start from the teacher's neck and heads, and how much "
+        "FGD adds: the recipe with FGD's weight at 0 inherits and distils nothing.",
+        "mobilenet_v2_wide/student", VAL,
+        (
+            V("inheriting, FGD at weight 0", "mobilenet_v2_wide/fgd_inheriting", ("KD.FGD.WEIGHT", 0.0)),
+            V("inheriting, FGD (the headline recipe)", "mobilenet_v2_wide/fgd_inheriting"),
+        ),
+        (1, 2, 3),
+    ),
 ]  # fmt: skip
 STUDIES: Dict[str, Study] = {study.name: study for study in _STUDIES}
