@@ -56,7 +56,7 @@ from kddet.config import load_config  # noqa: E402
 from kddet.losses import losses_need_teacher  # noqa: E402
 
 from .cache import student_settings  # noqa: E402
-from .recipes import BENCHMARKS, CHOSEN_ON_TEST, FIVE_SEED_MODELS, FIVE_SEEDS, SEEDS, STUDENT_SEEDS  # noqa: E402
+from .recipes import BENCHMARKS, CHOSEN_ON_TEST, FIVE_SEED_MODELS, FIVE_SEEDS, SEEDS, TEN_SEEDS  # noqa: E402
 from .recipes import all_recipes, recipe_config, run_folder, seeds_of  # noqa: E402
 from .report import draw_chart, format_markdown  # noqa: E402
 from .runner import Runner, convert_missing_weights, evaluate_teacher, generate_splits, git_commit  # noqa: E402
@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", nargs="+", help="recipe names in the benchmark's folder (default: all)")
     parser.add_argument(
         "--seeds", nargs="+", type=int,
-        help=f"seeds of every model (default: {STUDENT_SEEDS} for the student and the headline recipe, "
+        help=f"seeds of every model (default: {TEN_SEEDS} for the student and the headline recipe, "
         f"{FIVE_SEEDS} for {sorted(FIVE_SEED_MODELS)}, {SEEDS} for the rest)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu")
