@@ -136,7 +136,7 @@ def test_every_variant_loads_and_changes_what_it_says(study):
 
 
 def test_the_studies_of_the_old_script_are_all_here_with_their_seeds():
-    assert len(STUDIES) == 20
+    assert len(STUDIES) == 22
     assert STUDIES["variance"].seeds == STUDIES["variance_pretrained"].seeds == (1, 2, 3, 4, 5)
     assert STUDIES["variance_sources_pretrained"].seeds == tuple(range(1, 11))
     assert STUDIES["balance"].seeds == (1, 2, 3)
@@ -195,3 +195,25 @@ def test_every_search_tunes_keys_of_its_recipe_on_the_validation_split(search):
     assert VAL == "kddet_shapes_val" and search.startup_trials < search.budget
     # the recipes of the tables with a pretrained student (results/embedded.md, embedded_wide.md)
     assert search.recipe.split("/")[0] in ("mobilenet_v2", "mobilenet_v2_wide")
+
+
+def test_the_transfer_study_runs_the_pretrained_recipes_as_shipped_on_the_scratch_student():
+    """Each variant is its scratch namesake with the pretrained recipe's distillation settings, so
+    only the student differs; the headline's variant also has the headline student's widths."""
+    study = STUDIES["transfer_scratch"]
+    scratch_student = load_config(config_of(study.baseline))
+    pretrained = {"fitnet": "fitnet", "fgfi": "fgfi", "nst": "nst", "chen2017": "chen2017"}
+    for variant in study.variants:
+        cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
+        assert cfg.MODEL.BACKBONE == scratch_student.MODEL.BACKBONE and not cfg.MODEL.WEIGHTS
+        if variant.recipe in pretrained:
+            assert cfg.KD == load_config(recipe_config("pretrained", pretrained[variant.recipe])).KD, variant.name
+    headline = load_config(recipe_config("wide", "fgd_inheriting"))
+    *_, wide_alone, distilled = study.variants
+    for variant in (wide_alone, distilled):
+        cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
+        assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (
+            headline.MODEL.FPN.OUT_CHANNELS,
+            headline.MODEL.ROI_BOX_HEAD.FC_DIM,
+        )
+    assert load_config(config_of("fgd"), *map(str, distilled.options)).KD == headline.KD

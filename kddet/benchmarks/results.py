@@ -166,29 +166,37 @@ def check_addable(table: dict, args: argparse.Namespace) -> None:
         sys.exit(f"Cannot add rows to {args.add_to}: " + "; ".join(problems) + ".")
 
 
-def add_rows(table: dict, teacher: dict, rows: List[dict], addition: dict) -> Tuple[dict, List[dict], dict]:
-    """The teacher, rows and setting of ``table`` with ``rows`` (the student alone first, then recipes)
-    added, replacing rows of the same name, and without the rows of recipes its benchmark no longer has;
-    ``addition`` (command, commit, seeds) is recorded in its setting. Stops unless ``teacher`` and the
-    student alone reproduce the table's exactly: the teacher's settings and AP, and the student's
-    per-seed APs (their mean and spread, for a table that kept no per-seed values)."""
+def not_reproduced(table: dict, teacher: dict, student_runs: List[dict]) -> str:
+    """Why ``teacher`` and the student alone's ``student_runs`` do not reproduce ``table``'s exactly (the
+    teacher's settings and AP, the student's per-seed APs, or their mean and spread for a table that
+    kept no per-seed values), or "" if they do."""
     old_teacher, old_student = table["teacher"], table["rows"][0]
     same_teacher = (
         old_teacher.get("same_run") == teacher.get("same_run") and abs(old_teacher["AP"] - teacher["AP"]) < 1e-9
     )
+    student = summarize(teacher, {"student": student_runs})[0]
     if "runs" in old_student:
-        same_student = [r.get("AP") for r in old_student["runs"]] == [r.get("AP") for r in rows[0]["runs"]]
+        same_student = [r.get("AP") for r in old_student["runs"]] == [r.get("AP") for r in student_runs]
     else:
-        same_student = old_student["seeds"] == rows[0]["seeds"] and all(
-            abs(old_student[k] - rows[0][k]) < 1e-9 or math.isnan(old_student[k]) for k in ("AP", "AP_std")
+        same_student = old_student["seeds"] == student["seeds"] and all(
+            abs(old_student[k] - student[k]) < 1e-9 or math.isnan(old_student[k]) for k in ("AP", "AP_std")
         )
-    if not (same_teacher and same_student):
-        sys.exit(
-            f"The table's teacher (AP {old_teacher['AP']:.4f}) and student alone ({old_student['AP']:.4f} ± "
-            f"{old_student['AP_std']:.4f}, {old_student['seeds']} seeds) were not reproduced here (teacher "
-            f"{teacher['AP']:.4f}, student {rows[0]['AP']:.4f} ± {rows[0]['AP_std']:.4f}, {rows[0]['seeds']} seeds): "
-            "rows trained against them would not compare. Make the table again as a whole (without --add-to)."
-        )
+    if same_teacher and same_student:
+        return ""
+    return (
+        f"The table's teacher (AP {old_teacher['AP']:.4f}) and student alone ({old_student['AP']:.4f} ± "
+        f"{old_student['AP_std']:.4f}, {old_student['seeds']} seeds) were not reproduced here (teacher "
+        f"{teacher['AP']:.4f}, student {student['AP']:.4f} ± {student['AP_std']:.4f}, {student['seeds']} seeds): "
+        "rows trained against them would not compare. Make the table again as a whole (without --add-to)."
+    )
+
+
+def add_rows(table: dict, rows: List[dict], addition: dict) -> Tuple[dict, List[dict], dict]:
+    """The teacher, rows and setting of ``table`` with ``rows`` (the student alone first, then recipes)
+    added, replacing rows of the same name, and without the rows of recipes its benchmark no longer has;
+    ``addition`` (command, commit, seeds) is recorded in its setting. The student alone's runs must
+    reproduce the table's (not_reproduced)."""
+    old_teacher, old_student = table["teacher"], table["rows"][0]
     added = {row["name"]: row for row in rows[1:]}
     recipes = all_recipes(table["setting"]["benchmark"])
     kept = [row for row in table["rows"][1:] if row["name"] not in added and row["name"] in recipes]
@@ -307,12 +315,29 @@ def main(argv=None) -> None:
         # Runs without a teacher first, so that they fill the other slots while the teacher trains.
         needs_teacher = {name: losses_need_teacher(load_config(recipe_config(args.benchmark, name))) for name in seeds}
         order = sorted(seeds, key=lambda name: needs_teacher[name])
-        jobs_by_name = {name: [pool.submit(student_run, name, seed) for seed in seeds[name]] for name in order}
         dataset = load_config(bench.student).DATASETS.TEST[0]
-        # The teacher's AP on the benchmark's test set, for the gap (an evaluation if it was not its own).
-        teacher_eval_job = pool.submit(
-            lambda: evaluate_teacher(teacher_job.result(), teacher_dir, dataset, args.device)
-        )
+        jobs_by_name = {"student": [pool.submit(student_run, "student", seed) for seed in seeds["student"]]}
+
+        def evaluate():  # the teacher's AP on the benchmark's test set, for the gap
+            return evaluate_teacher(teacher_job.result(), teacher_dir, dataset, args.device)
+
+        teacher_eval_job = None
+        if args.add_to:  # a table this machine does not reproduce stops before any recipe trains
+            # Submitted after the runs that need no teacher, so that it does not hold a slot waiting for it.
+            teacher_eval_job = pool.submit(evaluate)
+            baseline_jobs = [teacher_eval_job, *jobs_by_name["student"]]
+            if not any(job.exception() for job in baseline_jobs):
+                problem = not_reproduced(
+                    json.loads(args.add_to.read_text()),
+                    teacher_eval_job.result(),
+                    [job.result() for job in jobs_by_name["student"]],
+                )
+                if problem:
+                    sys.exit(problem)
+        for name in order:
+            if name != "student":
+                jobs_by_name[name] = [pool.submit(student_run, name, seed) for seed in seeds[name]]
+        teacher_eval_job = teacher_eval_job or pool.submit(evaluate)
         try:
             teacher_eval_job.exception()  # a Ctrl-C while waiting here stops the queued runs too
             for job in sum(jobs_by_name.values(), []):
@@ -342,7 +367,7 @@ def main(argv=None) -> None:
     if args.add_to:
         addition = {"command": setting["command"], "commit": setting["commit"], "seeds": seeds}
         stem = args.add_to.with_suffix("")
-        teacher, rows, setting = add_rows(json.loads(args.add_to.read_text()), teacher, rows, addition)
+        teacher, rows, setting = add_rows(json.loads(args.add_to.read_text()), rows, addition)
     markdown = write_table(stem, teacher, rows, sizes, setting)
     print(f"\n{markdown}\nWritten {stem}.md, .json and .png in {(time.perf_counter() - start) / 60:.1f} min.")
 

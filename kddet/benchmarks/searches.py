@@ -45,5 +45,8 @@ SEARCHES = {
         Search("pkd", "mobilenet_v2/pkd", budget=4),
         Search("combined", "mobilenet_v2/combined", budget=6),
         Search("fgd_inheriting", "mobilenet_v2_wide/fgd_inheriting", budget=4),
+        # Lower weights than the first searches of FGD and FBKD, whose every trial hurt.
+        Search("fgd_low", "mobilenet_v2/fgd", budget=4),
+        Search("fbkd_low", "mobilenet_v2/fbkd", budget=4),
     ]
 }

@@ -44,6 +44,7 @@ CLIP = (
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0,
 )  # fmt: skip
 FGFI_STANDARDISED = ("KD.FGFI.STANDARDIZE_TARGET", True, "KD.FGFI.STANDARDIZE_STUDENT", True)
+FITNET_STANDARDISED = ("KD.FITNET.STANDARDIZE_TARGET", True, "KD.FITNET.STANDARDIZE_STUDENT", True)
 FAST_TEACHER = ("KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True)
 WIDE = ("MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512)  # the shapes teacher's widths
 INHERIT = ("KD.TEACHER.INIT_STUDENT", True)
@@ -327,6 +328,41 @@ _STUDIES = [
         "with FGD's weight at 0 inherits and distils nothing (FGD inheriting: inherit_pretrained, same seeds).",
         "mobilenet_v2_wide/student", VAL,
         (V("inheriting, FGD at weight 0", "mobilenet_v2_wide/fgd_inheriting", ("KD.FGD.WEIGHT", 0.0)),),
+        (1, 2, 3),
+    ),
+    Study(
+        "transfer_scratch",
+        "Whether the recipes chosen for the pretrained MobileNetV2 student help the slim R8 student from random "
+        "weights unchanged: FitNets, FGFI, NST and Chen 2017 at their pretrained settings, and the headline recipe "
+        "on a slim student with the teacher's widths (compare it with that student alone).",
+        SCRATCH_STUDENT, VAL,
+        (
+            V("FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)),
+            V("FGFI as shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
+            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 100.0)),
+            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.02)),
+            V("student alone, the teacher's widths", "student", WIDE),
+            V("FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)),
+        ),
+        FIVE,
+    ),
+    Study(
+        "combined_tuned_val",
+        "Whether what combined_tuned adds to the combined recipe (AB and OFD, soft classification at temperature 2 "
+        "and mu 0.25, bounded regression at weight 1), each chosen by earlier studies on the test images, helps it on "
+        "the validation images.",
+        "mobilenet_v2/combined", VAL,
+        (
+            V(
+                "combined + what combined_tuned adds", "mobilenet_v2/combined",
+                (
+                    "KD.LOSSES", COMBINED_TUNED,
+                    "KD.RPNSOFTCLS.TEMPERATURE", 2.0, "KD.RPNSOFTCLS.MU", 0.25,
+                    "KD.RCNSOFTCLS.TEMPERATURE", 2.0, "KD.RCNSOFTCLS.MU", 0.25,
+                    "KD.RPNBOUNDEDREG.WEIGHT", 1.0, "KD.RCNBOUNDEDREG.WEIGHT", 1.0,
+                ),
+            ),
+        ),
         (1, 2, 3),
     ),
 ]  # fmt: skip
