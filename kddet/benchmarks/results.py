@@ -323,17 +323,16 @@ def main(argv=None) -> None:
 
         teacher_eval_job = None
         if args.add_to:  # a table this machine does not reproduce stops before any recipe trains
-            # Submitted after the runs that need no teacher, so that it does not hold a slot waiting for it.
+            # After the student alone's runs, so that it does not hold a slot waiting for the teacher.
             teacher_eval_job = pool.submit(evaluate)
-            baseline_jobs = [teacher_eval_job, *jobs_by_name["student"]]
-            if not any(job.exception() for job in baseline_jobs):
-                problem = not_reproduced(
-                    json.loads(args.add_to.read_text()),
-                    teacher_eval_job.result(),
-                    [job.result() for job in jobs_by_name["student"]],
-                )
-                if problem:
-                    sys.exit(problem)
+            failures = [str(job.exception()) for job in [teacher_eval_job, *jobs_by_name["student"]] if job.exception()]
+            problem = "\n\n".join(dict.fromkeys(failures)) or not_reproduced(
+                json.loads(args.add_to.read_text()),
+                teacher_eval_job.result(),
+                [job.result() for job in jobs_by_name["student"]],
+            )
+            if problem:
+                sys.exit(problem)
         for name in order:
             if name != "student":
                 jobs_by_name[name] = [pool.submit(student_run, name, seed) for seed in seeds[name]]
