@@ -9,9 +9,10 @@ A *search space* is a yaml file of config keys, each with a range or a list of c
 Each trial trains the recipe with one sampled setting and is scored by its box AP on the
 validation set. Optuna's TPE sampler proposes the settings and its median pruner stops a trial
 whose AP at an intermediate evaluation (``TEST.EVAL_PERIOD``) is below the median of earlier
-trials at the same step. Evaluations in the first half of the schedule are recorded but stop no
-trial: a distillation loss at a high weight can speed a student's start without improving its end,
-so early AP would stop the low weights for the wrong reason. The study is kept in a journal file,
+trials at the same step. Evaluations before the learning rate first drops (half the schedule if
+it never drops) are recorded but stop no trial: a distillation loss at a high weight can speed a
+student's start without improving its end, so AP measured before the decay would stop the low
+weights for the wrong reason. The study is kept in a journal file,
 so a search that was interrupted resumes where it stopped. The chosen setting is written as a
 recipe (a yaml whose ``_BASE_`` is the searched recipe) together with a report of every trial
 (markdown table and chart).
@@ -142,6 +143,12 @@ class TuningResult:
     num_trials: int
 
 
+def first_decay(solver: CfgNode) -> int:
+    """The first iteration at which ``solver``'s learning rate drops, or half its schedule if it never does."""
+    steps = [step for step in solver.STEPS if step < solver.MAX_ITER]
+    return min(steps) if steps else solver.MAX_ITER // 2
+
+
 def _train_trial(cfg: CfgNode, trial: optuna.Trial, step_offset: int, prune_from: int) -> float:
     """Train ``cfg`` in this process with a PruningHook; the box AP of its last evaluation."""
     from .engine import Trainer  # detectron2's trainer modules are heavy: imported when a search runs
@@ -186,11 +193,11 @@ def tune(
     ``dataset`` until ``budget`` trials have finished (completed or pruned), resuming the study in
     ``study_dir`` if it exists; write the chosen recipe (``output``, default
     ``study_dir/<recipe>_tuned.yaml``) and the report ``study_dir/report.md`` with its chart. Only
-    evaluations from iteration ``prune_from`` on (default: half the schedule) may stop a trial."""
+    evaluations from iteration ``prune_from`` on (default: first_decay) may stop a trial."""
     base = load_config(recipe, opts)
     dataset = _validation_set(dataset or (base.DATASETS.TEST[0] if base.DATASETS.TEST else ""))
     dimensions = load_search_space(space_file, base)
-    prune_from = base.SOLVER.MAX_ITER // 2 if prune_from is None else prune_from
+    prune_from = first_decay(base.SOLVER) if prune_from is None else prune_from
     study_path = Path(study_dir)
     study_path.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study_path / "study.log")))

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from conftest import REPO, load_config
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from kddet.data.shapes import SHAPE_CLASSES, load_shapes, shapes_root
-from kddet.tuning import Dimension, PruningHook, load_search_space, tune
+from kddet.tuning import Dimension, PruningHook, first_decay, load_search_space, tune
 
 RECIPE = REPO / "configs/shapes/nst.yaml"
 
@@ -134,6 +134,14 @@ def test_pruning_hook_reports_each_evaluation_once_and_stops_when_told(prune):
     assert hook.trial.reported == [(42.0, 109)]
 
 
+def test_by_default_only_evaluations_after_the_first_learning_rate_drop_stop_a_trial():
+    cfg = load_config(RECIPE)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = 300, (225, 275)
+    assert first_decay(cfg.SOLVER) == 225
+    cfg.SOLVER.STEPS = (300,)  # a drop at the end or later is none
+    assert first_decay(cfg.SOLVER) == 150
+
+
 def test_an_evaluation_before_prune_from_is_reported_but_stops_nothing():
     hook = PruningHook(FakeTrial(True), step_offset=0, prune_from=20)
     hook.trainer = FakeTrainer({"bbox/AP": (30.0, 9)})
@@ -161,7 +169,7 @@ def test_a_tiny_search_writes_its_recipe_and_report_and_resumes(tmp_path, tiny_s
     assert trials[0].params == study.trials[0].params  # the first trial was kept, not rerun
     assert trials[2].params["KD.NST.WEIGHT"] == interrupted.params["KD.NST.WEIGHT"]
     assert trials[2].intermediate_values  # the pruner saw the intermediate AP
-    max_iter = load_config(RECIPE, *opts).SOLVER.MAX_ITER  # its evaluations stop no trial before half of it
+    max_iter = load_config(RECIPE, *opts).SOLVER.MAX_ITER  # no decay: its evaluations stop no trial before half of it
     assert optuna.load_study(study_name="kddet", storage=storage).user_attrs["settings"]["prune_from"] == max_iter // 2
 
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)

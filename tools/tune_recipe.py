@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument(
         "--prune-from",
         type=int,
-        help="the first iteration whose evaluation may stop a trial (default: half the schedule)",
+        help="the first iteration whose evaluation may stop a trial (default: the first learning-rate drop, "
+        "or half the schedule without one)",
     )
     parser.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE and pruning start")
     parser.add_argument("--sampler-seed", type=int, default=0)
