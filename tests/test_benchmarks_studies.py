@@ -54,17 +54,17 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
     assert set(recipes) - set(all_recipes("scratch")) == made_here
     standardised = {"STANDARDIZE_TARGET": True, "STANDARDIZE_STUDENT": True}
     tuned = {
-        "nst": ("NST", {"WEIGHT": 100.0}), "chen2017": ("FITNET", {"WEIGHT": 0.02}), "pkd": ("PKD", {"WEIGHT": 5.0}),
-        "review_kd": ("REVIEWKD", {"WEIGHT": 1.6}), "fgd": ("FGD", {"WEIGHT": 0.33}), "dkd": ("DKD", {"BETA": 0.14}),
-        "mgd": ("MGD", {"WEIGHT": 3.1e-6}), "fbkd": ("FBKD", {"WEIGHT": 4.8}),
-        "fitnet": ("FITNET", {"WEIGHT": 8.1, **standardised}), "fgfi": ("FGFI", {"WEIGHT": 0.038, **standardised}),
+        "nst": {"NST": {"WEIGHT": 78.0}}, "chen2017": {"FITNET": {"WEIGHT": 0.0055}}, "pkd": {"PKD": {"WEIGHT": 4.6}},
+        "review_kd": {"REVIEWKD": {"WEIGHT": 1.6}}, "fgd": {"FGD": {"WEIGHT": 0.078}}, "dkd": {"DKD": {"BETA": 0.14}},
+        "mgd": {"MGD": {"WEIGHT": 3.1e-6}}, "fbkd": {"FBKD": {"WEIGHT": 0.11}},
+        "fitnet": {"FITNET": {"WEIGHT": 8.1, **standardised}}, "fgfi": {"FGFI": {"WEIGHT": 0.038, **standardised}},
+        "combined": {"NST": {"WEIGHT": 61.0}, "SP": {"WEIGHT": 370.0}},
     }  # fmt: skip
     for name in recipes:
         pretrained = load_config(recipe_config("pretrained", name))
         if name not in made_here:
             scratch = load_config(recipe_config("scratch", name))
-            if name in tuned:
-                node, chosen = tuned[name]
+            for node, chosen in tuned.get(name, {}).items():
                 for key, value in chosen.items():
                     assert pretrained.KD[node][key] == value != scratch.KD[node][key], (name, key)
                     scratch.KD[node][key] = value
@@ -95,26 +95,27 @@ def test_the_headline_recipe_is_fgd_on_the_wide_student_inheriting_and_trains_te
 
 
 def test_the_table_names_the_split_that_chose_each_row_by_its_recipe_folder():
-    chosen = choosing_splits("pretrained", ["fitnet", "fgd", "nst", "kd"], "kddet_shapes_test")
+    chosen = choosing_splits("pretrained", ["fitnet", "fgd", "combined_tuned", "kd"], "kddet_shapes_test")
     assert chosen == {
-        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": ["fitnet", "fgd"], "on_test": ["nst"]
+        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": ["fitnet", "fgd"],
+        "on_test": ["combined_tuned"],
     }  # fmt: skip
     # The pretrained student's FGD search chose nothing for the headline recipe of another folder.
     assert choosing_splits("wide", ["fgd"], "kddet_shapes_test")["searched"] == []
 
 
 def test_a_recipe_chosen_on_test_stays_so_until_it_carries_its_searchs_choice(monkeypatch, tmp_path):
-    search = Search("nst", "mobilenet_v2/nst", budget=4)
+    search = Search("combined_tuned", "mobilenet_v2/combined_tuned", budget=4)
     monkeypatch.setattr(Search, "space", property(lambda self: tmp_path / self.name / "space.yaml"))
-    (tmp_path / "nst").mkdir()
-    (tmp_path / "nst/chosen.yaml").write_text("KD: {NST: {WEIGHT: 30.0}}\n")
-    monkeypatch.setattr(results, "SEARCHES", {"nst": search})
-    assert "nst" in results.CHOSEN_ON_TEST
-    assert choosing_splits("pretrained", ["nst"], "kddet_shapes_test") == {
-        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": [], "on_test": ["nst"]
+    (tmp_path / "combined_tuned").mkdir()
+    (tmp_path / "combined_tuned/chosen.yaml").write_text("KD: {NST: {WEIGHT: 30.0}}\n")
+    monkeypatch.setattr(results, "SEARCHES", {"combined_tuned": search})
+    assert "combined_tuned" in results.CHOSEN_ON_TEST
+    assert choosing_splits("pretrained", ["combined_tuned"], "kddet_shapes_test") == {
+        "val": "kddet_shapes_val", "test": "kddet_shapes_test", "searched": [], "on_test": ["combined_tuned"]
     }  # fmt: skip
     monkeypatch.setattr(results, "CHOSEN_ON_TEST", set())
-    assert choosing_splits("pretrained", ["nst"], "kddet_shapes_test")["searched"] == ["nst"]
+    assert choosing_splits("pretrained", ["combined_tuned"], "kddet_shapes_test")["searched"] == ["combined_tuned"]
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))

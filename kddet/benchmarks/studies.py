@@ -339,8 +339,8 @@ _STUDIES = [
         (
             V("FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)),
             V("FGFI as shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
-            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 100.0)),
-            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.02)),
+            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
+            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
             V("student alone, the teacher's widths", "student", WIDE),
             V("FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)),
         ),
