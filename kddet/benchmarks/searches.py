@@ -48,5 +48,6 @@ SEARCHES = {
         # Lower weights than the first searches of FGD and FBKD, whose every trial hurt.
         Search("fgd_low", "mobilenet_v2/fgd", budget=4),
         Search("fbkd_low", "mobilenet_v2/fbkd", budget=4),
+        Search("fgfi_two_seeds", "mobilenet_v2/fgfi", budget=4, seeds=(1, 2)),
     ]
 }
