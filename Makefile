@@ -21,7 +21,8 @@ test: setup
 
 # results/embedded.md, .json and .png: teacher, pretrained student and its recipes over 10 (student), 5 or 3
 # seeds; results/embedded_wide.*: the headline recipe and its student, 10 seeds each; and
-# results/embedded_scratch.*: the slim student from scratch and every loss (kddet/benchmarks/).
+# results/embedded_scratch.*: the slim student from scratch, every loss and the pretrained recipes as
+# shipped (kddet/benchmarks/).
 results: setup
 	$(PY) -m kddet.benchmarks.results
 	$(PY) -m kddet.benchmarks.results --benchmark wide

@@ -58,6 +58,19 @@ def test_the_results_table_trains_each_run_once_and_is_rebuilt_from_the_cache(tm
     assert len(fake_train.calls) == 5  # nothing trained again
 
 
+def test_a_transfer_row_runs_its_scratch_recipe_with_the_pretrained_recipes_settings(tmp_path, fake_train):
+    argv = ["--benchmark", "scratch", "--recipes", "transfer/fitnet", "--seeds", "1", "--student-iters", "2",
+            "--output", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]  # fmt: skip
+    results.main(argv)
+    run = tmp_path / "runs/custom/transfer/fitnet/seed1"
+    fitnet = load_config(str(run / "config.yaml")).KD.FITNET
+    assert (fitnet.WEIGHT, fitnet.STANDARDIZE_TARGET, fitnet.STANDARDIZE_STUDENT) == (8.1, True, True)
+    assert load_config(str(run / "config.yaml")).SOLVER.MAX_ITER == 2  # the schedule still sets the length
+    table = (tmp_path / "results/embedded_scratch_custom.md").read_text()
+    assert re.search(r"^\| transfer/fitnet \| 1 \| 26\.0 \|", table, re.M), table
+    assert "`transfer/fitnet`: FitNets as shipped (pretrained), `fitnet` with `KD.FITNET.WEIGHT 8.1" in table
+
+
 def test_rows_are_added_to_a_table_only_when_its_teacher_and_student_reproduce(tmp_path, fake_train):
     where = ["--output", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
     common = ["--benchmark", "scratch", "--seeds", "1", "2", "--student-iters", "2", *where]

@@ -11,9 +11,11 @@ from kddet.benchmarks.results import choosing_splits
 from kddet.benchmarks.recipes import (
     BENCHMARKS,
     FIVE_SEED_MODELS,
+    TRANSFERS,
     all_recipes,
     config_of,
     recipe_config,
+    recipe_options,
     run_folder,
     seeds_of,
 )
@@ -198,23 +200,26 @@ def test_every_search_tunes_keys_of_its_recipe_on_the_validation_split(search):
     assert search.recipe.split("/")[0] in ("mobilenet_v2", "mobilenet_v2_wide")
 
 
-def test_the_transfer_study_runs_the_pretrained_recipes_as_shipped_on_the_scratch_student():
-    """Each variant is its scratch namesake with the pretrained recipe's distillation settings, so
-    only the student differs; the headline's variant also has the headline student's widths."""
-    study = STUDIES["transfer_scratch"]
-    scratch_student = load_config(config_of(study.baseline))
-    pretrained = {"fitnet": "fitnet", "fgfi": "fgfi", "nst": "nst", "chen2017": "chen2017"}
-    for variant in study.variants:
-        cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
+def test_the_transfer_rows_run_the_pretrained_recipes_as_shipped_on_the_scratch_student():
+    """Each transfer row is its scratch namesake with the pretrained recipe's distillation settings, so
+    only the student differs; the headline's also has the headline student's widths. They are rows of
+    the scratch table, five seeds each, and the variants of the transfer study."""
+    scratch_student = load_config(BENCHMARKS["scratch"].student)
+    shipped = {f"transfer/{name}": recipe_config("pretrained", name) for name in ("fitnet", "fgfi", "nst", "chen2017")}
+    shipped["transfer/fgd_inheriting"] = recipe_config("wide", "fgd_inheriting")
+    headline = load_config(shipped["transfer/fgd_inheriting"])
+    assert all_recipes("scratch")[-len(TRANSFERS) :] == list(TRANSFERS)
+    assert set(TRANSFERS) == {*shipped, "transfer/student_wide"}
+    assert not set(TRANSFERS) & set(all_recipes("pretrained") + all_recipes("wide"))
+    for name in TRANSFERS:
+        cfg = load_config(recipe_config("scratch", name), *map(str, recipe_options("scratch", name)))
         assert cfg.MODEL.BACKBONE == scratch_student.MODEL.BACKBONE and not cfg.MODEL.WEIGHTS
-        if variant.recipe in pretrained:
-            assert cfg.KD == load_config(recipe_config("pretrained", pretrained[variant.recipe])).KD, variant.name
-    headline = load_config(recipe_config("wide", "fgd_inheriting"))
-    *_, wide_alone, distilled = study.variants
-    for variant in (wide_alone, distilled):
-        cfg = load_config(config_of(variant.recipe), *map(str, variant.options))
-        assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (
-            headline.MODEL.FPN.OUT_CHANNELS,
-            headline.MODEL.ROI_BOX_HEAD.FC_DIM,
-        )
-    assert load_config(config_of("fgd"), *map(str, distilled.options)).KD == headline.KD
+        if name in shipped:
+            assert cfg.KD == load_config(shipped[name]).KD, name
+        if name.endswith(("_wide", "_inheriting")):
+            widths = (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.FC_DIM)
+            assert widths == (headline.MODEL.FPN.OUT_CHANNELS, headline.MODEL.ROI_BOX_HEAD.FC_DIM), name
+        assert seeds_of(name) == seeds_of(run_folder("scratch", name)) == [1, 2, 3, 4, 5]
+        assert recipe_options("pretrained", name) == ()
+    study = STUDIES["transfer_scratch"]
+    assert [(v.recipe, v.options) for v in study.variants] == [(t.recipe, t.options) for t in TRANSFERS.values()]

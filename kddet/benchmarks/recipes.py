@@ -10,19 +10,53 @@ NOT_RECIPES = {"Base-Shapes", "Base-Distill", "teacher_slim_r18", "student_slim_
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """A recipe of the pretrained student on the scratch student, unchanged apart from the student: the
+    scratch recipe ``recipe`` (named as under configs/shapes/) with ``options``, the pretrained recipe's
+    distillation settings."""
+
+    description: str
+    recipe: str
+    options: tuple
+
+
+FGFI_STANDARDISED = ("KD.FGFI.STANDARDIZE_TARGET", True, "KD.FGFI.STANDARDIZE_STUDENT", True)
+FITNET_STANDARDISED = ("KD.FITNET.STANDARDIZE_TARGET", True, "KD.FITNET.STANDARDIZE_STUDENT", True)
+WIDE = ("MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512)  # the shapes teacher's widths
+INHERIT = ("KD.TEACHER.INIT_STUDENT", True)
+# Rows of the scratch table: the card's four recipes and the headline as shipped for the pretrained
+# student (configs/shapes/mobilenet_v2/, mobilenet_v2_wide/), which a test holds equal to these. The
+# headline's student has the teacher's widths, so it compares with that student alone.
+TRANSFERS = {
+    "transfer/fitnet": Transfer(
+        "FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)
+    ),
+    "transfer/fgfi": Transfer("FGFI as shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
+    "transfer/nst": Transfer("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
+    "transfer/chen2017": Transfer("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
+    "transfer/student_wide": Transfer("student alone, the teacher's widths", "student", WIDE),
+    "transfer/fgd_inheriting": Transfer(
+        "FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Benchmark:
     """A student and the recipes built on it, all learning from the teacher of TEACHER_CONFIG."""
 
     folder: Path  # the recipes: every config there but NOT_RECIPES
     student: Path  # the student alone
     stem: str  # results/<stem>.md, .json and .png for the full schedule
+    transfers: bool = False  # whether TRANSFERS are rows of its table too
 
 
 BENCHMARKS = {
     # The quoted table: MobileNetV2-FPN from ImageNet weights, as users start one, on kddet_shapes_test.
     "pretrained": Benchmark(CONFIGS / "mobilenet_v2", CONFIGS / "mobilenet_v2/student.yaml", "embedded"),
-    # The slim R8 from random weights with every registered loss, on kddet_shapes_val.
-    "scratch": Benchmark(CONFIGS, STUDENT_CONFIG, "embedded_scratch"),
+    # The slim R8 from random weights with every registered loss, and the pretrained student's recipes
+    # as shipped (TRANSFERS), on kddet_shapes_val.
+    "scratch": Benchmark(CONFIGS, STUDENT_CONFIG, "embedded_scratch", transfers=True),
     # The headline recipe on its own student, MobileNetV2 with the teacher's neck and head widths,
     # compared with that student alone, on kddet_shapes_test.
     "wide": Benchmark(CONFIGS / "mobilenet_v2_wide", CONFIGS / "mobilenet_v2_wide/student.yaml", "embedded_wide"),
@@ -49,14 +83,24 @@ CHOSEN_ON_TEST = {"combined_tuned"}
 
 
 def all_recipes(benchmark: str = "scratch") -> List[str]:
-    """The recipe names of a benchmark's folder: every config there but the bases, teacher and student."""
-    return sorted(p.stem for p in BENCHMARKS[benchmark].folder.glob("*.yaml") if p.stem not in NOT_RECIPES)
+    """The recipe names of a benchmark's folder (every config there but the bases, teacher and student),
+    then its TRANSFERS if it has them."""
+    bench = BENCHMARKS[benchmark]
+    files = sorted(p.stem for p in bench.folder.glob("*.yaml") if p.stem not in NOT_RECIPES)
+    return files + (list(TRANSFERS) if bench.transfers else [])
 
 
 def recipe_config(benchmark: str, name: str) -> Path:
     """The config of recipe ``name`` of ``benchmark``; "student" is its student alone."""
     bench = BENCHMARKS[benchmark]
+    if bench.transfers and name in TRANSFERS:
+        return config_of(TRANSFERS[name].recipe)
     return bench.student if name == "student" else bench.folder / f"{name}.yaml"
+
+
+def recipe_options(benchmark: str, name: str) -> tuple:
+    """The config options recipe ``name`` of ``benchmark`` adds to its config: a transfer's, or none."""
+    return TRANSFERS[name].options if BENCHMARKS[benchmark].transfers and name in TRANSFERS else ()
 
 
 def config_of(recipe: str) -> Path:
@@ -76,6 +120,8 @@ def seeds_of(name: str, chosen: Sequence[int] = ()) -> List[int]:
     headline recipe, five or three for the other recipes (see FIVE_SEED_MODELS)."""
     if chosen:
         return list(dict.fromkeys(chosen))
+    if name in TRANSFERS:  # as many as the recipes they are compared with
+        return FIVE_SEEDS
     name = Path(name).name  # mobilenet_v2/fitnet as fitnet
     if name in TEN_SEED_MODELS:
         return TEN_SEEDS

@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 from typing import List, Sequence
 
-from .recipes import BENCHMARKS
+from .recipes import BENCHMARKS, TRANSFERS
 from .schedule import CONFIGS, REPO, TEACHER_CONFIG
 from .stats import holm_verdict, verdict
 
@@ -70,6 +70,23 @@ def chosen_on(setting: dict) -> str:
     return note
 
 
+def transfers_note(rows: List[dict]) -> str:
+    """What the table's ``transfer/<name>`` rows are, if it has any."""
+    names = [row["name"] for row in rows if row["name"] in TRANSFERS]
+    if not names:
+        return ""
+    each = "; ".join(
+        f"`{name}`: {TRANSFERS[name].description}, `{TRANSFERS[name].recipe}` with "
+        f"`{' '.join(map(str, TRANSFERS[name].options))}`"
+        for name in names
+    )
+    return (
+        " Rows `transfer/<name>` run a recipe chosen for the pretrained MobileNetV2 student on this student, "
+        f"unchanged apart from the student ({each}). `transfer/fgd_inheriting` has the teacher's widths: compare "
+        "it with `transfer/student_wide`, the same student alone."
+    )
+
+
 def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict, chart_name: str) -> str:
     """A results table: the settings, teacher and student sizes, and one row per model."""
     student, recipes = rows[0], sorted(rows[1:], key=lambda r: -r["AP"])
@@ -112,7 +129,7 @@ def format_markdown(teacher: dict, rows: List[dict], sizes: dict, setting: dict,
         f"Teacher-student gap: {gap:.1f} AP. *Gap recovered* is ΔAP / gap. "
         + VERDICT_NOTE.format(baseline="student alone", tested=_tested(rows))
         + f" Recipes are in `{bench.folder.relative_to(REPO)}/<name>.yaml`; minutes are the median wall time of the "
-        "row's runs, with the runs sharing the machine." + chosen_on(setting),
+        "row's runs, with the runs sharing the machine." + chosen_on(setting) + transfers_note(rows),
         "",
         f"![AP per recipe]({chart_name})",
         "",

@@ -7,7 +7,8 @@ Three benchmarks share one teacher (the slim R18 of configs/shapes/):
 - ``wide`` (results/embedded_wide.md): the headline recipe on its student, the same MobileNetV2-FPN
   with the teacher's neck and head widths (configs/shapes/mobilenet_v2_wide/), on kddet_shapes_test;
 - ``scratch`` (results/embedded_scratch.md): the slim R8 student trained from random weights, with
-  every recipe of configs/shapes/ (every registered loss), evaluated on kddet_shapes_val (200 images).
+  every recipe of configs/shapes/ (every registered loss) and the pretrained student's recipes as
+  shipped (``transfer/<name>``, recipes.TRANSFERS), evaluated on kddet_shapes_val (200 images).
 
 Trains the teacher once, then the student alone and the headline recipe (ten seeds) and each other
 recipe (five seeds for the teacher-free baseline, the card's methods, the newer methods and the
@@ -57,7 +58,7 @@ from kddet.losses import losses_need_teacher  # noqa: E402
 
 from .cache import student_settings  # noqa: E402
 from .recipes import BENCHMARKS, CHOSEN_ON_TEST, FIVE_SEED_MODELS, FIVE_SEEDS, SEEDS, TEN_SEEDS  # noqa: E402
-from .recipes import all_recipes, recipe_config, run_folder, seeds_of  # noqa: E402
+from .recipes import all_recipes, recipe_config, recipe_options, run_folder, seeds_of  # noqa: E402
 from .report import draw_chart, format_markdown  # noqa: E402
 from .runner import Runner, convert_missing_weights, evaluate_teacher, generate_splits, git_commit  # noqa: E402
 from .runner import portable, train_teacher  # noqa: E402
@@ -298,7 +299,7 @@ def main(argv=None) -> None:
 
     def student_run(name: str, seed: int) -> dict:
         config = recipe_config(args.benchmark, name)
-        opts = ["SEED", seed, *schedule_opts(config, student_iters)]
+        opts = ["SEED", seed, *recipe_options(args.benchmark, name), *schedule_opts(config, student_iters)]
         teacher_key = ""
         if losses_need_teacher(load_config(config)):
             teacher_key = teacher_job.result()["key"]  # waits for the teacher

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
 
-from .recipes import config_of
+from .recipes import FGFI_STANDARDISED, INHERIT, TRANSFERS, WIDE, config_of
 
 VAL, TEST = "kddet_shapes_val", "kddet_shapes_test"
 SCRATCH_STUDENT, PRETRAINED_STUDENT = "student", "mobilenet_v2/student"
@@ -43,11 +43,7 @@ CLIP = (
     "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0,
 )  # fmt: skip
-FGFI_STANDARDISED = ("KD.FGFI.STANDARDIZE_TARGET", True, "KD.FGFI.STANDARDIZE_STUDENT", True)
-FITNET_STANDARDISED = ("KD.FITNET.STANDARDIZE_TARGET", True, "KD.FITNET.STANDARDIZE_STUDENT", True)
 FAST_TEACHER = ("KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True)
-WIDE = ("MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512)  # the shapes teacher's widths
-INHERIT = ("KD.TEACHER.INIT_STUDENT", True)
 FIVE, TEN = tuple(range(1, 6)), tuple(range(1, 11))
 V = Variant
 
@@ -336,14 +332,7 @@ _STUDIES = [
         "weights unchanged: FitNets, FGFI, NST and Chen 2017 at their pretrained settings, and the headline recipe "
         "on a slim student with the teacher's widths (compare it with that student alone).",
         SCRATCH_STUDENT, VAL,
-        (
-            V("FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)),
-            V("FGFI as shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
-            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
-            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
-            V("student alone, the teacher's widths", "student", WIDE),
-            V("FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)),
-        ),
+        tuple(V(t.description, t.recipe, t.options) for t in TRANSFERS.values()),
         FIVE,
     ),
     Study(
