@@ -110,3 +110,45 @@ def test_the_checks_find_broken_links(tmp_path):
     assert list(relative_links(page)) == ["page.md#a-page", "nothing.md", "#nowhere"]
     assert anchors(page.read_text()) == {"a-page"}
     assert list(repo_paths(page)) == ["tools/no_such_tool.py", "tools/train_net.py"]
+
+
+def markdown_tables(text: str):
+    """Each table of a page as (header cells, rows of cells)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip("|").split("|")])
+            yield header, rows
+
+
+# The tables README.md and docs/benchmarks.md copy from results/embedded.md, by their headers.
+QUOTED_TABLES = {
+    "README.md": ["| model | seeds | AP | ΔAP vs student | gap recovered | verdict | after Holm |"],
+    "docs/benchmarks.md": [
+        "| model | seeds | AP | AP50 | AP75 | ΔAP vs student | smallest detectable ΔAP | gap recovered | verdict | "
+        "after Holm |",
+        "| model | disk | ring | box | bar | triangle | cross |",
+    ],
+}
+
+
+@pytest.mark.parametrize("document", sorted(QUOTED_TABLES))
+def test_the_docs_quote_the_pretrained_table_as_generated(document):
+    """Each copied row has the values of the same model's row in results/embedded.md, column by column."""
+    source = list(markdown_tables((REPO / "results/embedded.md").read_text(encoding="utf-8")))
+    text = (REPO / document).read_text(encoding="utf-8")
+    for header_line in QUOTED_TABLES[document]:
+        header = [c.strip() for c in header_line.strip("|").split("|")]
+        copies = [rows for head, rows in markdown_tables(text) if head == header]
+        assert len(copies) == 1, f"{document} has no single table headed {header_line}"
+        ((source_header, generated),) = [(head, rows) for head, rows in source if set(header) <= set(head)]
+        by_model = {row[0]: dict(zip(source_header, row)) for row in generated}
+        assert copies[0], document
+        for row in copies[0]:
+            assert row[0] in by_model, f"{document}: {row[0]} is not a row of results/embedded.md"
+            assert dict(zip(header, row)) == {c: by_model[row[0]][c] for c in header}, (document, row[0])
