@@ -357,13 +357,11 @@ _STUDIES = [
     Study(
         "fgfi_forms_pretrained",
         "Which form of FGFI helps the pretrained student on the validation images: the recipe as shipped, its adapters "
-        "fitted during the warm-up, masks from each level's own best anchors, no imitation on p2, a 1x1 adapter.",
+        "fitted during the warm-up, or FitNets' 1x1 adapter.",
         PRETRAINED_STUDENT, VAL,
         (
             V("FGFI as shipped (both maps standardised, lambda 0.038, 3x3 adapter, warm-up 50)", "mobilenet_v2/fgfi"),
             V("adapters fitted during the warm-up", "mobilenet_v2/fgfi", ("KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True)),
-            V("masks from each level's best anchors", "mobilenet_v2/fgfi", ("KD.FGFI.MAX_IOU_PER_LEVEL", True)),
-            V("without p2 (p3-p6)", "mobilenet_v2/fgfi", ("KD.FGFI.IN_FEATURES", ["p3", "p4", "p5", "p6"])),
             V("1x1 adapter (FitNets')", "mobilenet_v2/fgfi", ("KD.FGFI.ADAPTER", "conv1x1")),
         ),
         (1, 2, 3),
