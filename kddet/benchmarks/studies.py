@@ -366,5 +366,21 @@ _STUDIES = [
         ),
         (1, 2, 3),
     ),
+    Study(
+        "fgd_forms_pretrained",
+        "Which of FGD's terms costs the pretrained student on the validation images: the recipe as shipped, without "
+        "its global term, without its background imitation, its foreground imitation alone.",
+        PRETRAINED_STUDENT, VAL,
+        (
+            V("FGD as shipped (weight 0.078)", "mobilenet_v2/fgd"),
+            V("without the global term", "mobilenet_v2/fgd", ("KD.FGD.LAMBDA", 0.0)),
+            V("without the background imitation", "mobilenet_v2/fgd", ("KD.FGD.BETA", 0.0)),
+            V(
+                "foreground imitation alone", "mobilenet_v2/fgd",
+                ("KD.FGD.BETA", 0.0, "KD.FGD.GAMMA", 0.0, "KD.FGD.LAMBDA", 0.0),
+            ),
+        ),
+        (1, 2, 3),
+    ),
 ]  # fmt: skip
 STUDIES: Dict[str, Study] = {study.name: study for study in _STUDIES}
