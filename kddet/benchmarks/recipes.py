@@ -31,7 +31,11 @@ TRANSFERS = {
     "transfer/fitnet": Transfer(
         "FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)
     ),
-    "transfer/fgfi": Transfer("FGFI as shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
+    "transfer/fgfi": Transfer(
+        "FGFI as shipped (pretrained)",
+        "fgfi",
+        ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED, "KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True),
+    ),
     "transfer/nst": Transfer("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
     "transfer/chen2017": Transfer("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
     "transfer/student_wide": Transfer("student alone, the teacher's widths", "student", WIDE),

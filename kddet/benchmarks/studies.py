@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
 
-from .recipes import FGFI_STANDARDISED, INHERIT, TRANSFERS, WIDE, config_of
+from .recipes import FGFI_STANDARDISED, FITNET_STANDARDISED, INHERIT, WIDE, config_of
 
 VAL, TEST = "kddet_shapes_val", "kddet_shapes_test"
 SCRATCH_STUDENT, PRETRAINED_STUDENT = "student", "mobilenet_v2/student"
@@ -332,7 +332,14 @@ _STUDIES = [
         "weights unchanged: FitNets, FGFI, NST and Chen 2017 at their pretrained settings, and the headline recipe "
         "on a slim student with the teacher's widths (compare it with that student alone).",
         SCRATCH_STUDENT, VAL,
-        tuple(V(t.description, t.recipe, t.options) for t in TRANSFERS.values()),
+        (
+            V("FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)),
+            V("FGFI as then shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
+            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
+            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
+            V("student alone, the teacher's widths", "student", WIDE),
+            V("FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)),
+        ),
         FIVE,
     ),
     Study(
@@ -356,13 +363,20 @@ _STUDIES = [
     ),
     Study(
         "fgfi_forms_pretrained",
-        "Which form of FGFI helps the pretrained student on the validation images: the recipe as shipped, its adapters "
-        "fitted during the warm-up, or FitNets' 1x1 adapter.",
+        "Which form of FGFI helps the pretrained student on the validation images: the recipe as then shipped (its "
+        "adapters switched on at their random start after the warm-up), its adapters fitted during the warm-up, or "
+        "FitNets' 1x1 adapter.",
         PRETRAINED_STUDENT, VAL,
         (
-            V("FGFI as shipped (both maps standardised, lambda 0.038, 3x3 adapter, warm-up 50)", "mobilenet_v2/fgfi"),
+            V(
+                "FGFI as then shipped (both maps standardised, lambda 0.038, 3x3 adapter, warm-up 50)",
+                "mobilenet_v2/fgfi", ("KD.FGFI.FIT_ADAPTERS_IN_WARMUP", False),
+            ),
             V("adapters fitted during the warm-up", "mobilenet_v2/fgfi", ("KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True)),
-            V("1x1 adapter (FitNets')", "mobilenet_v2/fgfi", ("KD.FGFI.ADAPTER", "conv1x1")),
+            V(
+                "1x1 adapter (FitNets')", "mobilenet_v2/fgfi",
+                ("KD.FGFI.FIT_ADAPTERS_IN_WARMUP", False, "KD.FGFI.ADAPTER", "conv1x1"),
+            ),
         ),
         (1, 2, 3),
     ),
