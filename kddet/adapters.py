@@ -4,9 +4,12 @@ They are trained with the student, saved in its checkpoint and dropped by
 ``tools/export_student.py``.
 """
 
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 
-__all__ = ["build_adapter", "match_channels"]
+__all__ = ["AdapterWarmup", "build_adapter", "match_channels"]
 
 
 def build_adapter(kind: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -31,3 +34,20 @@ def match_channels(in_channels: int, out_channels: int) -> nn.Module:
     if in_channels == out_channels:
         return nn.Identity()
     return build_adapter("conv1x1", in_channels, out_channels)
+
+
+@dataclass(frozen=True)
+class AdapterWarmup:
+    """A term's first ``iters`` iterations. By default the term is zeroed there (still computed, so
+    that DDP sees its adapters used every step); with ``fit_adapters`` it keeps its weight but reads
+    the student's features detached, so that the adapters learn to map the student and the student is
+    pulled, once the warm-up ends, by what they cannot map rather than by their random start."""
+
+    iters: int = 0
+    fit_adapters: bool = False
+
+    def student_input(self, feature: torch.Tensor, iteration: int) -> torch.Tensor:
+        return feature.detach() if self.fit_adapters and iteration < self.iters else feature
+
+    def weight(self, weight: float, iteration: int) -> float:
+        return 0.0 if iteration < self.iters and not self.fit_adapters else weight

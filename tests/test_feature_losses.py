@@ -563,31 +563,35 @@ def test_fgfi_without_boxes_is_zero_and_keeps_grads_finite():
     assert all(torch.isfinite(p.grad).all() for p in loss.parameters())
 
 
-def test_fgfi_warmup_zeroes_the_term_but_uses_the_adapters():
-    loss = build_loss("FGFI", 4, 6, "KD.FGFI.WARMUP_ITERS", 10)
+@pytest.mark.parametrize("name", ["FGFI", "FitNet"])
+def test_warmup_zeroes_the_term_but_uses_the_adapters(name):
+    loss = build_loss(name, 4, 6, f"KD.{name.upper()}.WARMUP_ITERS", 10)
+    key = f"loss_kd_{name.lower()}"
     batch = make_batch()
     batch.iteration = 9
-    term = loss(batch)["loss_kd_fgfi"]
+    term = loss(batch)[key]
     term.backward()
     assert term.item() == 0 and all(p.grad is not None for p in loss.parameters())
     batch.iteration = 10
-    assert loss(batch)["loss_kd_fgfi"].item() > 0
+    assert loss(batch)[key].item() > 0
 
 
-def test_fgfi_can_fit_its_adapters_during_warmup_without_pulling_the_student():
-    loss = build_loss("FGFI", 4, 6, "KD.FGFI.WARMUP_ITERS", 10, "KD.FGFI.FIT_ADAPTERS_IN_WARMUP", True)
+@pytest.mark.parametrize("name", ["FGFI", "FitNet"])
+def test_adapters_can_be_fitted_during_warmup_without_pulling_the_student(name):
+    node, key = f"KD.{name.upper()}", f"loss_kd_{name.lower()}"
+    loss = build_loss(name, 4, 6, f"{node}.WARMUP_ITERS", 10, f"{node}.FIT_ADAPTERS_IN_WARMUP", True)
     batch = make_batch()
     batch.iteration = 9
-    term = loss(batch)["loss_kd_fgfi"]
+    term = loss(batch)[key]
     term.backward()
     # The full term, on detached student features: the adapters learn, the student is not pulled.
-    plain = build_loss("FGFI", 4, 6, "KD.FGFI.WARMUP_ITERS", 0)
+    plain = build_loss(name, 4, 6, f"{node}.WARMUP_ITERS", 0)
     plain.load_state_dict(loss.state_dict())
-    assert term.item() == pytest.approx(plain(batch)["loss_kd_fgfi"].item()) and term.item() > 0
+    assert term.item() == pytest.approx(plain(batch)[key].item()) and term.item() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.parameters())
     assert all(batch.student["features"][f].grad is None for f in LEVELS)
     batch.iteration = 10
-    loss(batch)["loss_kd_fgfi"].backward()
+    loss(batch)[key].backward()
     assert all(batch.student["features"][f].grad.abs().sum() > 0 for f in LEVELS)
 
 

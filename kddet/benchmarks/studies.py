@@ -381,6 +381,31 @@ _STUDIES = [
         (1, 2, 3),
     ),
     Study(
+        "fitnet_forms_pretrained",
+        "Whether FitNets' hints help the pretrained student on the validation images once their adapters are fitted "
+        "before the student is pulled (as FGFI's are, and as FitNets' first stage trains the hint on its own): the "
+        "recipe without a warm-up, with a 50-iteration warm-up that fits its 1x1 adapters, and with 3x3 adapters.",
+        PRETRAINED_STUDENT, VAL,
+        (
+            V(
+                "FitNets without a warm-up (both maps standardised, weight 8.1, 1x1 adapter)", "mobilenet_v2/fitnet",
+                ("KD.FITNET.WARMUP_ITERS", 0, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", False),
+            ),
+            V(
+                "adapters fitted during a 50-iteration warm-up", "mobilenet_v2/fitnet",
+                ("KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True),
+            ),
+            V(
+                "3x3 adapters fitted during the warm-up", "mobilenet_v2/fitnet",
+                (
+                    "KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True,
+                    "KD.FITNET.ADAPTER", "conv3x3",
+                ),
+            ),
+        ),
+        (1, 2, 3),
+    ),
+    Study(
         "fgd_forms_pretrained",
         "Which of FGD's terms costs the pretrained student on the validation images: the recipe as shipped, without "
         "its global term, without its background imitation, its foreground imitation alone.",

@@ -15,7 +15,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, pairwise_iou
 
-from ..adapters import build_adapter
+from ..adapters import AdapterWarmup, build_adapter
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
 from .pkd import standardise_channels
 
@@ -144,8 +144,7 @@ class FGFI(DistillationLoss):
         self.adapters = nn.ModuleDict(adapters)
         self.psi = psi
         self.max_iou_per_level = max_iou_per_level
-        self.warmup_iters = warmup_iters
-        self.fit_adapters_in_warmup = fit_adapters_in_warmup
+        self.warmup = AdapterWarmup(warmup_iters, fit_adapters_in_warmup)
         self.standardize_target = standardize_target
         self.standardize_student = standardize_student
         self.full_map = full_map
@@ -200,12 +199,10 @@ class FGFI(DistillationLoss):
         targets = [
             standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features
         ]
-        in_warmup = batch.iteration < self.warmup_iters
-        fitting_adapters = in_warmup and self.fit_adapters_in_warmup
-        inputs = [student[f].detach() if fitting_adapters else student[f] for f in self.in_features]
-        adapted = [self.adapters[f](x.float()) for f, x in zip(self.in_features, inputs)]
+        adapted = [
+            self.adapters[f](self.warmup.student_input(student[f], batch.iteration).float()) for f in self.in_features
+        ]
         if self.standardize_student:
             adapted = [standardise_channels(a) for a in adapted]
         loss = fgfi_loss(adapted, targets, self.masks(batch))
-        # During warm-up the term is zeroed, not skipped: DDP must see the adapters used every step.
-        return self.weighted(0.0 if in_warmup and not fitting_adapters else self.weight, loss)
+        return self.weighted(self.warmup.weight(self.weight, batch.iteration), loss)

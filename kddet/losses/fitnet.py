@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
-from ..adapters import build_adapter
+from ..adapters import AdapterWarmup, build_adapter
 from .build import KD_LOSS_REGISTRY
 from .per_level import PerLevelFeatureLoss
 from .pkd import standardise_channels
@@ -27,7 +27,9 @@ class FitNet(PerLevelFeatureLoss):
     ``STANDARDIZE_TARGET`` regresses the teacher's map with each channel standardised (as PKD does),
     so that the target's scale is the same whatever the teacher's FPN outputs; ``STANDARDIZE_STUDENT``
     standardises the adapted student map too, so that the hint asks for the teacher's pattern and
-    not its scale (PKD's comparison through FitNets' adapter)."""
+    not its scale (PKD's comparison through FitNets' adapter); ``WARMUP_ITERS`` and
+    ``FIT_ADAPTERS_IN_WARMUP`` fit the adapters before the student is pulled, as FitNets' first stage
+    trains the hint on its own (``kddet.adapters.AdapterWarmup``)."""
 
     @classmethod
     def default_config(cls) -> CfgNode:
@@ -35,13 +37,23 @@ class FitNet(PerLevelFeatureLoss):
         node.ADAPTER = "conv1x1"  # or "conv3x3"
         node.STANDARDIZE_TARGET = False  # True: regress each teacher channel standardised (PKD's norm)
         node.STANDARDIZE_STUDENT = False  # True: the adapted student map standardised too
+        node.WARMUP_ITERS = 0  # the term is zeroed before this iteration
+        node.FIT_ADAPTERS_IN_WARMUP = False  # True: during warm-up the adapters learn, the student is not pulled
         return node
 
     @configurable
-    def __init__(self, *, standardize_target: bool, standardize_student: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        standardize_target: bool,
+        standardize_student: bool = False,
+        warmup: AdapterWarmup = AdapterWarmup(),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.standardize_target = standardize_target
         self.standardize_student = standardize_student
+        self.warmup = warmup
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -49,6 +61,7 @@ class FitNet(PerLevelFeatureLoss):
             super().from_config(cfg, student_shapes, teacher_shapes),
             standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
             standardize_student=cls.config_node(cfg).STANDARDIZE_STUDENT,
+            warmup=AdapterWarmup(cls.config_node(cfg).WARMUP_ITERS, cls.config_node(cfg).FIT_ADAPTERS_IN_WARMUP),
         )
 
     @staticmethod

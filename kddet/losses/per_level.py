@@ -9,6 +9,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
+from ..adapters import AdapterWarmup
 from .build import DistillationBatch, DistillationLoss, check_feature_names
 
 __all__ = ["PerLevelFeatureLoss"]
@@ -22,6 +23,7 @@ class PerLevelFeatureLoss(DistillationLoss):
     of ``level_loss`` and keeps the adapters, weight and levels."""
 
     needs = ("features",)
+    warmup = AdapterWarmup()  # none, unless a subclass's options ask for one
 
     @classmethod
     def default_config(cls) -> CfgNode:
@@ -59,5 +61,10 @@ class PerLevelFeatureLoss(DistillationLoss):
 
     def forward(self, batch: DistillationBatch) -> Dict[str, torch.Tensor]:
         student, teacher = batch.student["features"], batch.teacher["features"]
-        per_level = [self.level_loss(f, self.adapters[f](student[f].float()), teacher[f]) for f in self.in_features]
-        return self.weighted(self.weight, torch.stack(per_level).mean())
+        per_level = [
+            self.level_loss(
+                f, self.adapters[f](self.warmup.student_input(student[f], batch.iteration).float()), teacher[f]
+            )
+            for f in self.in_features
+        ]
+        return self.weighted(self.warmup.weight(self.weight, batch.iteration), torch.stack(per_level).mean())
