@@ -563,7 +563,7 @@ def test_fgfi_without_boxes_is_zero_and_keeps_grads_finite():
     assert all(torch.isfinite(p.grad).all() for p in loss.parameters())
 
 
-@pytest.mark.parametrize("name", ["FGFI", "FitNet"])
+@pytest.mark.parametrize("name", ["FGFI", "FitNet", "FGD"])
 def test_warmup_zeroes_the_term_but_uses_the_adapters(name):
     loss = build_loss(name, 4, 6, f"KD.{name.upper()}.WARMUP_ITERS", 10)
     key = f"loss_kd_{name.lower()}"
@@ -576,8 +576,8 @@ def test_warmup_zeroes_the_term_but_uses_the_adapters(name):
     assert loss(batch)[key].item() > 0
 
 
-@pytest.mark.parametrize("name", ["FGFI", "FitNet"])
-def test_adapters_can_be_fitted_during_warmup_without_pulling_the_student(name):
+@pytest.mark.parametrize("name, adapters", [("FGFI", "adapters"), ("FitNet", "adapters"), ("FGD", "aligns")])
+def test_adapters_can_be_fitted_during_warmup_without_pulling_the_student(name, adapters):
     node, key = f"KD.{name.upper()}", f"loss_kd_{name.lower()}"
     loss = build_loss(name, 4, 6, f"{node}.WARMUP_ITERS", 10, f"{node}.FIT_ADAPTERS_IN_WARMUP", True)
     batch = make_batch()
@@ -588,11 +588,11 @@ def test_adapters_can_be_fitted_during_warmup_without_pulling_the_student(name):
     plain = build_loss(name, 4, 6, f"{node}.WARMUP_ITERS", 0)
     plain.load_state_dict(loss.state_dict())
     assert term.item() == pytest.approx(plain(batch)[key].item()) and term.item() > 0
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(loss, adapters).parameters())
     assert all(batch.student["features"][f].grad is None for f in LEVELS)
     batch.iteration = 10
     loss(batch)[key].backward()
-    assert all(batch.student["features"][f].grad.abs().sum() > 0 for f in LEVELS)
+    assert all(batch.student["features"][f].grad.abs().sum() > 0 for f in loss.in_features)
 
 
 def test_ofd_margins_learn_only_in_training():

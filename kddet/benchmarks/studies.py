@@ -408,7 +408,9 @@ _STUDIES = [
     Study(
         "fgd_forms_pretrained",
         "Which of FGD's terms costs the pretrained student on the validation images: the recipe as shipped, without "
-        "its global term, without its background imitation, its foreground imitation alone.",
+        "its global term, without its background imitation, its foreground imitation alone; and whether fitting its "
+        "1x1 aligns (the student is narrower than the teacher) and GcBlocks in a warm-up before the student is pulled "
+        "removes the cost.",
         PRETRAINED_STUDENT, VAL,
         (
             V("FGD as shipped (weight 0.078)", "mobilenet_v2/fgd"),
@@ -417,6 +419,10 @@ _STUDIES = [
             V(
                 "foreground imitation alone", "mobilenet_v2/fgd",
                 ("KD.FGD.BETA", 0.0, "KD.FGD.GAMMA", 0.0, "KD.FGD.LAMBDA", 0.0),
+            ),
+            V(
+                "aligns and GcBlocks fitted during a 50-iteration warm-up", "mobilenet_v2/fgd",
+                ("KD.FGD.WARMUP_ITERS", 50, "KD.FGD.FIT_ADAPTERS_IN_WARMUP", True),
             ),
         ),
         (1, 2, 3),

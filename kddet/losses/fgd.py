@@ -34,7 +34,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes
 
-from ..adapters import match_channels
+from ..adapters import AdapterWarmup, match_channels
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
 
 __all__ = ["FGD", "GlobalContextBlock", "attention", "focal_masks"]
@@ -108,6 +108,8 @@ class FGD(DistillationLoss):
         node.BETA = 2.5e-5  # background imitation
         node.GAMMA = 5e-5  # attention imitation
         node.LAMBDA = 5e-7  # global (GcBlock) term
+        node.WARMUP_ITERS = 0  # the term is zeroed before this iteration
+        node.FIT_ADAPTERS_IN_WARMUP = False  # True: in warm-up the aligns and GcBlocks learn, the student is not pulled
         return node
 
     @configurable
@@ -125,12 +127,15 @@ class FGD(DistillationLoss):
         aligns: Mapping[str, nn.Module],
         student_context: Mapping[str, nn.Module],
         teacher_context: Mapping[str, nn.Module],
+        warmup: AdapterWarmup = AdapterWarmup(),
     ):
         """
         Args:
             strides: per level, the stride that lays the boxes on it.
             aligns: per level, the student's 1x1 conv to the teacher's width (identity when equal).
             student_context, teacher_context: per level, the GcBlock each network's map goes through.
+            warmup: the term's warm-up; fitting the aligns in it keeps a student narrower than its
+                teacher from being pulled through their random start.
         """
         super().__init__()
         self.weight = weight
@@ -141,6 +146,7 @@ class FGD(DistillationLoss):
         self.aligns = nn.ModuleDict(aligns)
         self.student_context = nn.ModuleDict(student_context)
         self.teacher_context = nn.ModuleDict(teacher_context)
+        self.warmup = warmup
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -163,6 +169,7 @@ class FGD(DistillationLoss):
             },
             "student_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "teacher_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
+            "warmup": AdapterWarmup(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP),
         }
 
     def masks(self, batch: DistillationBatch, level: str, grid_size: Tuple[int, int]) -> List[torch.Tensor]:
@@ -188,7 +195,12 @@ class FGD(DistillationLoss):
         student, teacher = batch.student["features"], batch.teacher["features"]
         with torch.autocast(device_type=student[self.in_features[0]].device.type, enabled=False):
             per_level = [
-                self.level_loss(f, self.aligns[f](student[f].float()), teacher[f].float(), batch)
+                self.level_loss(
+                    f,
+                    self.aligns[f](self.warmup.student_input(student[f], batch.iteration).float()),
+                    teacher[f].float(),
+                    batch,
+                )
                 for f in self.in_features
             ]
-        return self.weighted(self.weight, torch.stack(per_level).sum())
+        return self.weighted(self.warmup.weight(self.weight, batch.iteration), torch.stack(per_level).sum())
