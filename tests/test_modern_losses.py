@@ -7,6 +7,7 @@ test loads the same inputs and parameters into kddet's loss and compares. The pa
 mapped from the authors' modules to kddet's by the ``RENAMES`` of each test.
 """
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -20,7 +21,8 @@ from kddet.capture import BoxPredictions
 from kddet.losses import DistillationBatch
 from kddet.losses.dkd import dkd_loss
 from kddet.losses.fgd import focal_masks
-from test_feature_losses import build_loss
+from kddet.losses.pkd import standardise_channels
+from test_feature_losses import build_loss, make_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -171,6 +173,23 @@ def test_fgd_matches_the_authors_code():
     # The authors' image_shape is the padded size here, where their box scaling is 1 / stride, as kddet's always is.
     batch = level_batch(data, boxes=data["inputs"]["gt_boxes"], image_size=tuple(data["image_size"]))
     assert_matches_authors(data, loss(batch)["loss_kd_fgd"], batch.student["features"])
+
+
+def test_fgd_standardised_is_fgd_on_standardised_maps_and_ignores_the_students_scale():
+    standardised = build_loss("FGD", 6, 6, "KD.FGD.STANDARDIZE", True)
+    plain = build_loss("FGD", 6, 6)
+    plain.load_state_dict(standardised.state_dict())
+    batch = make_batch(6, 6)
+
+    def with_features(student, teacher):
+        return dataclasses.replace(batch, student={**batch.student, "features": student}, teacher={"features": teacher})
+
+    student, teacher = batch.student["features"], batch.teacher["features"]
+    expected = plain(with_features(*({f: standardise_channels(x[f]) for f in x} for x in (student, teacher))))
+    torch.testing.assert_close(standardised(batch)["loss_kd_fgd"], expected["loss_kd_fgd"])
+    rescaled = with_features({f: 3 * x + 1 for f, x in student.items()}, teacher)
+    torch.testing.assert_close(standardised(rescaled)["loss_kd_fgd"], standardised(batch)["loss_kd_fgd"])
+    assert not torch.allclose(plain(rescaled)["loss_kd_fgd"], plain(batch)["loss_kd_fgd"])
 
 
 def test_fgd_lays_boxes_by_the_stride_whatever_the_padding():

@@ -413,7 +413,8 @@ _STUDIES = [
         "Which of FGD's terms costs the pretrained student on the validation images: the recipe as shipped, without "
         "its global term, without its background imitation, its foreground imitation alone; and whether fitting its "
         "1x1 aligns (the student is narrower than the teacher) and GcBlocks in a warm-up before the student is pulled "
-        "removes the cost.",
+        "removes the cost; and whether comparing the maps standardised per channel (as FitNets' and FGFI's recipes "
+        "do) does, at three weights.",
         PRETRAINED_STUDENT, VAL,
         (
             V("FGD as shipped (weight 0.078)", "mobilenet_v2/fgd"),
@@ -426,6 +427,11 @@ _STUDIES = [
             V(
                 "aligns and GcBlocks fitted during a 50-iteration warm-up", "mobilenet_v2/fgd",
                 ("KD.FGD.WARMUP_ITERS", 50, "KD.FGD.FIT_ADAPTERS_IN_WARMUP", True),
+            ),
+            *(
+                V(f"both maps standardised, weight {weight}", "mobilenet_v2/fgd",
+                  ("KD.FGD.STANDARDIZE", True, "KD.FGD.WEIGHT", weight))
+                for weight in (0.078, 0.5, 2.0)
             ),
         ),
         (1, 2, 3),

@@ -36,6 +36,7 @@ from detectron2.structures import Boxes
 
 from ..adapters import AdapterWarmup, match_channels
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
+from .pkd import standardise_channels
 
 __all__ = ["FGD", "GlobalContextBlock", "attention", "focal_masks"]
 
@@ -108,6 +109,7 @@ class FGD(DistillationLoss):
         node.BETA = 2.5e-5  # background imitation
         node.GAMMA = 5e-5  # attention imitation
         node.LAMBDA = 5e-7  # global (GcBlock) term
+        node.STANDARDIZE = False  # True: both maps standardised per channel before every term (PKD's norm)
         node.WARMUP_ITERS = 0  # the term is zeroed before this iteration
         node.FIT_ADAPTERS_IN_WARMUP = False  # True: in warm-up the aligns and GcBlocks learn, the student is not pulled
         return node
@@ -127,6 +129,7 @@ class FGD(DistillationLoss):
         aligns: Mapping[str, nn.Module],
         student_context: Mapping[str, nn.Module],
         teacher_context: Mapping[str, nn.Module],
+        standardize: bool = False,
         warmup: AdapterWarmup = AdapterWarmup(),
     ):
         """
@@ -134,6 +137,9 @@ class FGD(DistillationLoss):
             strides: per level, the stride that lays the boxes on it.
             aligns: per level, the student's 1x1 conv to the teacher's width (identity when equal).
             student_context, teacher_context: per level, the GcBlock each network's map goes through.
+            standardize: compare the two maps with each channel standardised over the batch (as
+                PKD does), so that the student is asked for the teacher's pattern and not its scale,
+                which a student whose heads did not start from the teacher's has no use for.
             warmup: the term's warm-up; fitting the aligns in it keeps a student narrower than its
                 teacher from being pulled through their random start.
         """
@@ -146,6 +152,7 @@ class FGD(DistillationLoss):
         self.aligns = nn.ModuleDict(aligns)
         self.student_context = nn.ModuleDict(student_context)
         self.teacher_context = nn.ModuleDict(teacher_context)
+        self.standardize = standardize
         self.warmup = warmup
 
     @classmethod
@@ -169,6 +176,7 @@ class FGD(DistillationLoss):
             },
             "student_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "teacher_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
+            "standardize": node.STANDARDIZE,
             "warmup": AdapterWarmup(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP),
         }
 
@@ -181,6 +189,8 @@ class FGD(DistillationLoss):
         self, level: str, student: torch.Tensor, teacher: torch.Tensor, batch: DistillationBatch
     ) -> torch.Tensor:
         n = teacher.shape[0]
+        if self.standardize:
+            student, teacher = standardise_channels(student), standardise_channels(teacher)
         spatial_t, channel_t = attention(teacher, self.temperature)
         spatial_s, channel_s = attention(student, self.temperature)
         foreground, background = (m.to(teacher.device) for m in self.masks(batch, level, tuple(teacher.shape[-2:])))
