@@ -59,7 +59,7 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
         "nst": {"NST": {"WEIGHT": 78.0}}, "chen2017": {"FITNET": {"WEIGHT": 0.0055}}, "pkd": {"PKD": {"WEIGHT": 4.6}},
         "review_kd": {"REVIEWKD": {"WEIGHT": 1.6}}, "fgd": {"FGD": {"WEIGHT": 0.078}}, "dkd": {"DKD": {"BETA": 0.14}},
         "mgd": {"MGD": {"WEIGHT": 3.1e-6}}, "fbkd": {"FBKD": {"WEIGHT": 0.11}},
-        "fitnet": {"FITNET": {"WEIGHT": 8.1, **standardised}},
+        "fitnet": {"FITNET": {"WEIGHT": 16.0, **standardised}},
         "fgfi": {"FGFI": {"WEIGHT": 0.038, "FIT_ADAPTERS_IN_WARMUP": True, **standardised}},
         "combined": {"NST": {"WEIGHT": 61.0}, "SP": {"WEIGHT": 370.0}},
     }  # fmt: skip
