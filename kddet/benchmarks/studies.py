@@ -414,7 +414,7 @@ _STUDIES = [
         "its global term, without its background imitation, its foreground imitation alone; and whether fitting its "
         "1x1 aligns (the student is narrower than the teacher) and GcBlocks in a warm-up before the student is pulled "
         "removes the cost; and whether comparing the maps standardised per channel (as FitNets' and FGFI's recipes "
-        "do) does, at three weights; and, at weight 0, whether the cost comes from the pull at all.",
+        "do) does, at five weights; and, at weight 0, whether the cost comes from the pull at all.",
         PRETRAINED_STUDENT, VAL,
         (
             V("FGD as shipped (weight 0.078)", "mobilenet_v2/fgd"),
@@ -431,7 +431,7 @@ _STUDIES = [
             *(
                 V(f"both maps standardised, weight {weight}", "mobilenet_v2/fgd",
                   ("KD.FGD.STANDARDIZE", True, "KD.FGD.WEIGHT", weight))
-                for weight in (0.078, 0.5, 2.0)
+                for weight in (0.078, 0.5, 2.0, 8.0, 32.0)
             ),
             V("weight 0 (its modules built and run, no pull)", "mobilenet_v2/fgd", ("KD.FGD.WEIGHT", 0.0)),
         ),
