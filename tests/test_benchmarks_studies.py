@@ -57,7 +57,8 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
     standardised = {"STANDARDIZE_TARGET": True, "STANDARDIZE_STUDENT": True}
     tuned = {
         "nst": {"NST": {"WEIGHT": 78.0}}, "chen2017": {"FITNET": {"WEIGHT": 0.0055}}, "pkd": {"PKD": {"WEIGHT": 4.6}},
-        "review_kd": {"REVIEWKD": {"WEIGHT": 1.6}}, "fgd": {"FGD": {"WEIGHT": 0.078}}, "dkd": {"DKD": {"BETA": 0.14}},
+        "review_kd": {"REVIEWKD": {"WEIGHT": 1.6}}, "dkd": {"DKD": {"BETA": 0.14}},
+        "fgd": {"FGD": {"WEIGHT": 8.0, "STANDARDIZE": True}},
         "mgd": {"MGD": {"WEIGHT": 3.1e-6}}, "fbkd": {"FBKD": {"WEIGHT": 0.11}},
         "fitnet": {"FITNET": {"WEIGHT": 16.0, **standardised}},
         "fgfi": {"FGFI": {"WEIGHT": 0.038, "FIT_ADAPTERS_IN_WARMUP": True, **standardised}},
@@ -93,6 +94,8 @@ def test_the_headline_recipe_is_fgd_on_the_wide_student_inheriting_and_trains_te
     fgd.TEACHER.INIT_STUDENT = True
     assert headline.KD.FGD.WEIGHT == 0.48 != fgd.FGD.WEIGHT  # chosen by the search results/tuning/fgd_inheriting/
     fgd.FGD.WEIGHT = 0.48
+    assert fgd.FGD.STANDARDIZE and not headline.KD.FGD.STANDARDIZE  # inheriting, it reads the teacher's raw maps
+    fgd.FGD.STANDARDIZE = False
     assert headline.KD == fgd
     assert seeds_of(run_folder("wide", "fgd_inheriting")) == seeds_of("student") == list(range(1, 11))
 

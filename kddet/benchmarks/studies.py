@@ -47,6 +47,12 @@ FAST_TEACHER = ("KD.TEACHER.PRECISION", "bf16", "KD.TEACHER.CHANNELS_LAST", True
 FIVE, TEN = tuple(range(1, 6)), tuple(range(1, 11))
 V = Variant
 
+
+def raw_fgd(weight: float) -> tuple:
+    """FGD on the teacher's raw maps at ``weight``: the pretrained recipe's form before it standardised them."""
+    return ("KD.FGD.WEIGHT", weight, "KD.FGD.STANDARDIZE", False)
+
+
 _STUDIES = [
     Study(
         "variance",
@@ -311,8 +317,8 @@ _STUDIES = [
         PRETRAINED_STUDENT, VAL,
         (
             V("wider student alone (teacher's FPN and box-head widths)", "mobilenet_v2/student", WIDE),
-            V("FGD, wider student", "mobilenet_v2/fgd", WIDE),
-            V("FGD, wider student inheriting", "mobilenet_v2/fgd", (*WIDE, *INHERIT)),
+            V("FGD, wider student", "mobilenet_v2/fgd", (*WIDE, *raw_fgd(0.33))),
+            V("FGD, wider student inheriting", "mobilenet_v2/fgd", (*WIDE, *INHERIT, *raw_fgd(0.33))),
             V("MGD, wider student", "mobilenet_v2/mgd", WIDE),
             V("MGD, wider student inheriting", "mobilenet_v2/mgd", (*WIDE, *INHERIT)),
         ),
@@ -417,23 +423,23 @@ _STUDIES = [
         "do) does, at five weights; and, at weight 0, whether the cost comes from the pull at all.",
         PRETRAINED_STUDENT, VAL,
         (
-            V("FGD as shipped (weight 0.078)", "mobilenet_v2/fgd"),
-            V("without the global term", "mobilenet_v2/fgd", ("KD.FGD.LAMBDA", 0.0)),
-            V("without the background imitation", "mobilenet_v2/fgd", ("KD.FGD.BETA", 0.0)),
+            V("FGD as then shipped (raw maps, weight 0.078)", "mobilenet_v2/fgd", raw_fgd(0.078)),
+            V("without the global term", "mobilenet_v2/fgd", (*raw_fgd(0.078), "KD.FGD.LAMBDA", 0.0)),
+            V("without the background imitation", "mobilenet_v2/fgd", (*raw_fgd(0.078), "KD.FGD.BETA", 0.0)),
             V(
                 "foreground imitation alone", "mobilenet_v2/fgd",
-                ("KD.FGD.BETA", 0.0, "KD.FGD.GAMMA", 0.0, "KD.FGD.LAMBDA", 0.0),
+                (*raw_fgd(0.078), "KD.FGD.BETA", 0.0, "KD.FGD.GAMMA", 0.0, "KD.FGD.LAMBDA", 0.0),
             ),
             V(
                 "aligns and GcBlocks fitted during a 50-iteration warm-up", "mobilenet_v2/fgd",
-                ("KD.FGD.WARMUP_ITERS", 50, "KD.FGD.FIT_ADAPTERS_IN_WARMUP", True),
+                (*raw_fgd(0.078), "KD.FGD.WARMUP_ITERS", 50, "KD.FGD.FIT_ADAPTERS_IN_WARMUP", True),
             ),
             *(
                 V(f"both maps standardised, weight {weight}", "mobilenet_v2/fgd",
                   ("KD.FGD.STANDARDIZE", True, "KD.FGD.WEIGHT", weight))
                 for weight in (0.078, 0.5, 2.0, 8.0, 32.0)
             ),
-            V("weight 0 (its modules built and run, no pull)", "mobilenet_v2/fgd", ("KD.FGD.WEIGHT", 0.0)),
+            V("weight 0 (its modules built and run, no pull)", "mobilenet_v2/fgd", raw_fgd(0.0)),
         ),
         (1, 2, 3),
     ),
