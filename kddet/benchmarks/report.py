@@ -62,7 +62,8 @@ def chosen_on(setting: dict) -> str:
     note = ""
     if searched:
         note += (
-            f" Settings chosen on `{val}` by a search (`results/tuning/<name>/`), reported here on `{test}`: "
+            f" Settings chosen on `{val}` by a search (`results/tuning/<name>/`) or a study (`results/ablations/`; "
+            f"each recipe file names its own), reported here on `{test}`: "
             f"{', '.join(searched)}."
         )
     if on_test:
