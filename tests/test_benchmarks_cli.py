@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog
 import kddet.benchmarks.runner as runner
 from conftest import load_config
 from kddet.benchmarks import ablate, results
+from kddet.benchmarks.recipes import recipe_config
 
 
 class FakeTrain:
@@ -64,11 +65,13 @@ def test_a_transfer_row_runs_its_scratch_recipe_with_the_pretrained_recipes_sett
     results.main(argv)
     run = tmp_path / "runs/custom/transfer/fitnet/seed1"
     fitnet = load_config(str(run / "config.yaml")).KD.FITNET
-    assert (fitnet.WEIGHT, fitnet.STANDARDIZE_TARGET, fitnet.STANDARDIZE_STUDENT) == (8.1, True, True)
+    shipped = load_config(recipe_config("pretrained", "fitnet")).KD.FITNET
+    assert (fitnet.WEIGHT, fitnet.STANDARDIZE_TARGET, fitnet.STANDARDIZE_STUDENT) == (shipped.WEIGHT, True, True)
     assert load_config(str(run / "config.yaml")).SOLVER.MAX_ITER == 2  # the schedule still sets the length
     table = (tmp_path / "results/embedded_scratch_custom.md").read_text()
     assert re.search(r"^\| transfer/fitnet \| 1 \| 26\.0 \|", table, re.M), table
-    assert "`transfer/fitnet`: FitNets as shipped (pretrained), `fitnet` with `KD.FITNET.WEIGHT 8.1" in table
+    note = f"`transfer/fitnet`: FitNets as shipped (pretrained), `fitnet` with `KD.FITNET.WEIGHT {shipped.WEIGHT}"
+    assert note in table
 
 
 def test_rows_are_added_to_a_table_only_when_its_teacher_and_student_reproduce(tmp_path, fake_train):
