@@ -139,7 +139,7 @@ class FGD(DistillationLoss):
             student_context, teacher_context: per level, the GcBlock each network's map goes through.
             standardize: compare the two maps with each channel standardised over the batch (as
                 PKD does), so that the student is asked for the teacher's pattern and not its scale,
-                which a student whose heads did not start from the teacher's has no use for.
+                which a student whose heads did not start from the teacher's need not take on.
             warmup: the term's warm-up; fitting the aligns in it keeps a student narrower than its
                 teacher from being pulled through their random start.
         """
