@@ -46,6 +46,11 @@ class AdapterWarmup:
     iters: int = 0
     fit_adapters: bool = False
 
+    @classmethod
+    def from_node(cls, node) -> "AdapterWarmup":
+        """From a loss's ``WARMUP_ITERS`` and ``FIT_ADAPTERS_IN_WARMUP``."""
+        return cls(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP)
+
     def student_input(self, feature: torch.Tensor, iteration: int) -> torch.Tensor:
         return feature.detach() if self.fit_adapters and iteration < self.iters else feature
 

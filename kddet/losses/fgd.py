@@ -177,7 +177,7 @@ class FGD(DistillationLoss):
             "student_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "teacher_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "standardize": node.STANDARDIZE,
-            "warmup": AdapterWarmup(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP),
+            "warmup": AdapterWarmup.from_node(node),
         }
 
     def masks(self, batch: DistillationBatch, level: str, grid_size: Tuple[int, int]) -> List[torch.Tensor]:

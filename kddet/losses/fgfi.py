@@ -114,8 +114,7 @@ class FGFI(DistillationLoss):
         adapters: Mapping[str, nn.Module],
         psi: float,
         max_iou_per_level: bool,
-        warmup_iters: int,
-        fit_adapters_in_warmup: bool = False,
+        warmup: AdapterWarmup,
         standardize_target: bool = False,
         standardize_student: bool = False,
         full_map: bool = False,
@@ -124,11 +123,10 @@ class FGFI(DistillationLoss):
         Args:
             anchored_features: the levels the student's anchors lie on, in the order of its anchor
                 list (the RPN's ``in_features``); a box's best IoU is sought over all of them.
-            warmup_iters: no imitation before this iteration (the official code's 400), while the
-                student's RPN and heads find their feet.
-            fit_adapters_in_warmup: during warm-up, train the adapters on the student's detached
-                features at the full weight instead of zeroing the term, so that when the student
-                starts to be pulled it is by what the adapters cannot map, not by their random start.
+            warmup: no imitation before its ``iters`` (the official code's 400), while the student's
+                RPN and heads find their feet; with ``fit_adapters``, the adapters learn on the
+                student's detached features meanwhile, so that when the student starts to be pulled
+                it is by what they cannot map, not by their random start.
             standardize_target: imitate the teacher's map with each channel standardised over the
                 batch (as PKD does), so that the target's scale does not depend on the teacher's FPN.
             standardize_student: standardise the adapted student map's channels as well, so that the
@@ -144,7 +142,7 @@ class FGFI(DistillationLoss):
         self.adapters = nn.ModuleDict(adapters)
         self.psi = psi
         self.max_iou_per_level = max_iou_per_level
-        self.warmup = AdapterWarmup(warmup_iters, fit_adapters_in_warmup)
+        self.warmup = warmup
         self.standardize_target = standardize_target
         self.standardize_student = standardize_student
         self.full_map = full_map
@@ -170,8 +168,7 @@ class FGFI(DistillationLoss):
             },
             "psi": node.PSI,
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
-            "warmup_iters": node.WARMUP_ITERS,
-            "fit_adapters_in_warmup": node.FIT_ADAPTERS_IN_WARMUP,
+            "warmup": AdapterWarmup.from_node(node),
             "standardize_target": node.STANDARDIZE_TARGET,
             "standardize_student": node.STANDARDIZE_STUDENT,
             "full_map": node.FULL_MAP,

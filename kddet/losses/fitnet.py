@@ -61,7 +61,7 @@ class FitNet(PerLevelFeatureLoss):
             super().from_config(cfg, student_shapes, teacher_shapes),
             standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
             standardize_student=cls.config_node(cfg).STANDARDIZE_STUDENT,
-            warmup=AdapterWarmup(cls.config_node(cfg).WARMUP_ITERS, cls.config_node(cfg).FIT_ADAPTERS_IN_WARMUP),
+            warmup=AdapterWarmup.from_node(cls.config_node(cfg)),
         )
 
     @staticmethod
