@@ -396,21 +396,36 @@ _STUDIES = [
         (
             V(
                 "FitNets without a warm-up (both maps standardised, weight 8.1, 1x1 adapter)", "mobilenet_v2/fitnet",
-                ("KD.FITNET.WARMUP_ITERS", 0, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", False),
+                ("KD.FITNET.WEIGHT", 8.1, "KD.FITNET.WARMUP_ITERS", 0, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", False),
             ),
             V(
                 "adapters fitted during a 50-iteration warm-up", "mobilenet_v2/fitnet",
-                ("KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True),
+                ("KD.FITNET.WEIGHT", 8.1, "KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True),
             ),
             V(
                 "3x3 adapters fitted during the warm-up", "mobilenet_v2/fitnet",
                 (
-                    "KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True,
+                    "KD.FITNET.WEIGHT", 8.1, "KD.FITNET.WARMUP_ITERS", 50, "KD.FITNET.FIT_ADAPTERS_IN_WARMUP", True,
                     "KD.FITNET.ADAPTER", "conv3x3",
                 ),
             ),
             V("weight 16, no warm-up", "mobilenet_v2/fitnet", ("KD.FITNET.WEIGHT", 16.0, "KD.FITNET.WARMUP_ITERS", 0)),
             V("weight 32, no warm-up", "mobilenet_v2/fitnet", ("KD.FITNET.WEIGHT", 32.0, "KD.FITNET.WARMUP_ITERS", 0)),
+        ),
+        (1, 2, 3),
+    ),
+    Study(
+        "fitnet_levels_pretrained",
+        "Which FPN levels FitNets' hint should reach on the pretrained student, on the validation images: the shipped "
+        "recipe (weight 16, every level p2-p6) against the hint on the fine levels alone (p2, p3), the coarse ones "
+        "alone (p4-p6) and the middle three (p3-p5); the loss averages over its levels, so each level's share grows "
+        "as levels are dropped.",
+        PRETRAINED_STUDENT, VAL,
+        (
+            V("FitNets as shipped (p2-p6)", "mobilenet_v2/fitnet"),
+            V("fine levels alone (p2, p3)", "mobilenet_v2/fitnet", ("KD.FITNET.IN_FEATURES", ["p2", "p3"])),
+            V("coarse levels alone (p4-p6)", "mobilenet_v2/fitnet", ("KD.FITNET.IN_FEATURES", ["p4", "p5", "p6"])),
+            V("middle levels (p3-p5)", "mobilenet_v2/fitnet", ("KD.FITNET.IN_FEATURES", ["p3", "p4", "p5"])),
         ),
         (1, 2, 3),
     ),
