@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
 
-from .recipes import FGFI_STANDARDISED, FITNET_STANDARDISED, INHERIT, WIDE, config_of
+from .recipes import FGFI_STANDARDISED, INHERIT, WIDE, config_of
 
 VAL, TEST = "kddet_shapes_val", "kddet_shapes_test"
 SCRATCH_STUDENT, PRETRAINED_STUDENT = "student", "mobilenet_v2/student"
@@ -331,22 +331,6 @@ _STUDIES = [
         "mobilenet_v2_wide/student", VAL,
         (V("inheriting, FGD at weight 0", "mobilenet_v2_wide/fgd_inheriting", ("KD.FGD.WEIGHT", 0.0)),),
         (1, 2, 3),
-    ),
-    Study(
-        "transfer_scratch",
-        "Whether the recipes chosen for the pretrained MobileNetV2 student help the slim R8 student from random "
-        "weights unchanged: FitNets, FGFI, NST and Chen 2017 at their pretrained settings, and the headline recipe "
-        "on a slim student with the teacher's widths (compare it with that student alone).",
-        SCRATCH_STUDENT, VAL,
-        (
-            V("FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 8.1, *FITNET_STANDARDISED)),
-            V("FGFI as then shipped (pretrained)", "fgfi", ("KD.FGFI.WEIGHT", 0.038, *FGFI_STANDARDISED)),
-            V("NST as shipped (pretrained)", "nst", ("KD.NST.WEIGHT", 78.0)),
-            V("Chen 2017 as shipped (pretrained)", "chen2017", ("KD.FITNET.WEIGHT", 0.0055)),
-            V("student alone, the teacher's widths", "student", WIDE),
-            V("FGD inheriting (the headline), the teacher's widths", "fgd", (*WIDE, *INHERIT, "KD.FGD.WEIGHT", 0.48)),
-        ),
-        FIVE,
     ),
     Study(
         "combined_tuned_val",
