@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["AdapterWarmup", "build_adapter", "match_channels"]
+__all__ = ["TermSchedule", "build_adapter", "match_channels"]
 
 
 def build_adapter(kind: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -37,22 +37,31 @@ def match_channels(in_channels: int, out_channels: int) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class AdapterWarmup:
-    """A term's first ``iters`` iterations. By default the term is zeroed there (still computed, so
-    that DDP sees its adapters used every step); with ``fit_adapters`` it keeps its weight but reads
-    the student's features detached, so that the adapters learn to map the student and the student is
-    pulled, once the warm-up ends, by what they cannot map rather than by their random start."""
+class TermSchedule:
+    """How a term's weight runs over training. Its first ``iters`` iterations are a warm-up: by
+    default the term is zeroed there (still computed, so that DDP sees its adapters used every step);
+    with ``fit_adapters`` it keeps its weight but reads the student's features detached, so that the
+    adapters learn to map the student and the student is pulled, once the warm-up ends, by what they
+    cannot map rather than by their random start. With ``decay_end`` the weight then falls linearly to
+    0 at that iteration: the term guides the start and leaves the end to the detector's own losses."""
 
     iters: int = 0
     fit_adapters: bool = False
+    decay_end: int = 0
 
     @classmethod
-    def from_node(cls, node) -> "AdapterWarmup":
-        """From a loss's ``WARMUP_ITERS`` and ``FIT_ADAPTERS_IN_WARMUP``."""
-        return cls(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP)
+    def from_node(cls, node, max_iter: int = 0) -> "TermSchedule":
+        """From a loss's ``WARMUP_ITERS`` and ``FIT_ADAPTERS_IN_WARMUP``, and, where the loss has the
+        option, ``DECAY_TO_ZERO`` (0 at ``max_iter``, the schedule's end)."""
+        decay_end = max_iter if node.get("DECAY_TO_ZERO", False) else 0
+        return cls(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP, decay_end)
 
     def student_input(self, feature: torch.Tensor, iteration: int) -> torch.Tensor:
         return feature.detach() if self.fit_adapters and iteration < self.iters else feature
 
     def weight(self, weight: float, iteration: int) -> float:
-        return 0.0 if iteration < self.iters and not self.fit_adapters else weight
+        if iteration < self.iters:
+            return weight if self.fit_adapters else 0.0
+        if self.decay_end:
+            return weight * max(0.0, (self.decay_end - iteration) / (self.decay_end - self.iters))
+        return weight

@@ -595,6 +595,19 @@ def test_adapters_can_be_fitted_during_warmup_without_pulling_the_student(name, 
     assert all(batch.student["features"][f].grad.abs().sum() > 0 for f in loss.in_features)
 
 
+def test_fitnet_hint_decays_linearly_to_zero_at_the_schedules_end():
+    loss = build_loss(
+        "FitNet", 4, 6, "KD.FITNET.WARMUP_ITERS", 10, "KD.FITNET.DECAY_TO_ZERO", True, "SOLVER.MAX_ITER", 110
+    )
+    constant = build_loss("FitNet", 4, 6)
+    constant.load_state_dict(loss.state_dict())
+    batch = make_batch()
+    full = constant(batch)["loss_kd_fitnet"].item()
+    for iteration, fraction in [(9, 0.0), (10, 1.0), (35, 0.75), (60, 0.5), (110, 0.0), (150, 0.0)]:
+        batch.iteration = iteration
+        assert loss(batch)["loss_kd_fitnet"].item() == pytest.approx(fraction * full), iteration
+
+
 def test_ofd_margins_learn_only_in_training():
     loss = build_loss("OFD")
     batch = make_batch()

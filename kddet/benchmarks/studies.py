@@ -375,7 +375,8 @@ _STUDIES = [
         "Whether FitNets' hints help the pretrained student on the validation images once their adapters are fitted "
         "before the student is pulled (as FGFI's are, and as FitNets' first stage trains the hint on its own): the "
         "recipe without a warm-up, with a 50-iteration warm-up that fits its 1x1 adapters, and with 3x3 adapters; "
-        "and above the weight its search chose (8.1 of four one-seed trials).",
+        "above the weight its search chose (8.1 of four one-seed trials); and the hint decaying linearly to 0 over "
+        "the schedule, so that it guides the start and leaves the end to the detector's losses.",
         PRETRAINED_STUDENT, VAL,
         (
             V(
@@ -395,6 +396,14 @@ _STUDIES = [
             ),
             V("weight 16, no warm-up", "mobilenet_v2/fitnet", ("KD.FITNET.WEIGHT", 16.0, "KD.FITNET.WARMUP_ITERS", 0)),
             V("weight 32, no warm-up", "mobilenet_v2/fitnet", ("KD.FITNET.WEIGHT", 32.0, "KD.FITNET.WARMUP_ITERS", 0)),
+            V(
+                "weight 16 decaying linearly to 0", "mobilenet_v2/fitnet",
+                ("KD.FITNET.WEIGHT", 16.0, "KD.FITNET.WARMUP_ITERS", 0, "KD.FITNET.DECAY_TO_ZERO", True),
+            ),
+            V(
+                "weight 32 decaying linearly to 0", "mobilenet_v2/fitnet",
+                ("KD.FITNET.WEIGHT", 32.0, "KD.FITNET.WARMUP_ITERS", 0, "KD.FITNET.DECAY_TO_ZERO", True),
+            ),
         ),
         (1, 2, 3),
     ),

@@ -34,7 +34,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes
 
-from ..adapters import AdapterWarmup, match_channels
+from ..adapters import TermSchedule, match_channels
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
 from .pkd import standardise_channels
 
@@ -130,7 +130,7 @@ class FGD(DistillationLoss):
         student_context: Mapping[str, nn.Module],
         teacher_context: Mapping[str, nn.Module],
         standardize: bool = False,
-        warmup: AdapterWarmup = AdapterWarmup(),
+        schedule: TermSchedule = TermSchedule(),
     ):
         """
         Args:
@@ -140,7 +140,7 @@ class FGD(DistillationLoss):
             standardize: compare the two maps with each channel standardised over the batch (as
                 PKD does), so that the student is asked for the teacher's pattern and not its scale,
                 which a student whose heads did not start from the teacher's need not take on.
-            warmup: the term's warm-up; fitting the aligns in it keeps a student narrower than its
+            schedule: the term's warm-up; fitting the aligns in it keeps a student narrower than its
                 teacher from being pulled through their random start.
         """
         super().__init__()
@@ -153,7 +153,7 @@ class FGD(DistillationLoss):
         self.student_context = nn.ModuleDict(student_context)
         self.teacher_context = nn.ModuleDict(teacher_context)
         self.standardize = standardize
-        self.warmup = warmup
+        self.schedule = schedule
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -177,7 +177,7 @@ class FGD(DistillationLoss):
             "student_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "teacher_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "standardize": node.STANDARDIZE,
-            "warmup": AdapterWarmup.from_node(node),
+            "schedule": TermSchedule.from_node(node),
         }
 
     def masks(self, batch: DistillationBatch, level: str, grid_size: Tuple[int, int]) -> List[torch.Tensor]:
@@ -207,10 +207,10 @@ class FGD(DistillationLoss):
             per_level = [
                 self.level_loss(
                     f,
-                    self.aligns[f](self.warmup.student_input(student[f], batch.iteration).float()),
+                    self.aligns[f](self.schedule.student_input(student[f], batch.iteration).float()),
                     teacher[f].float(),
                     batch,
                 )
                 for f in self.in_features
             ]
-        return self.weighted(self.warmup.weight(self.weight, batch.iteration), torch.stack(per_level).sum())
+        return self.weighted(self.schedule.weight(self.weight, batch.iteration), torch.stack(per_level).sum())

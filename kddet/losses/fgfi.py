@@ -15,7 +15,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, pairwise_iou
 
-from ..adapters import AdapterWarmup, build_adapter
+from ..adapters import TermSchedule, build_adapter
 from .build import KD_LOSS_REGISTRY, DistillationBatch, DistillationLoss, check_feature_names
 from .pkd import standardise_channels
 
@@ -114,7 +114,7 @@ class FGFI(DistillationLoss):
         adapters: Mapping[str, nn.Module],
         psi: float,
         max_iou_per_level: bool,
-        warmup: AdapterWarmup,
+        schedule: TermSchedule,
         standardize_target: bool = False,
         standardize_student: bool = False,
         full_map: bool = False,
@@ -123,7 +123,7 @@ class FGFI(DistillationLoss):
         Args:
             anchored_features: the levels the student's anchors lie on, in the order of its anchor
                 list (the RPN's ``in_features``); a box's best IoU is sought over all of them.
-            warmup: no imitation before its ``iters`` (the official code's 400), while the student's
+            schedule: no imitation before its ``iters`` (the official code's 400), while the student's
                 RPN and heads find their feet; with ``fit_adapters``, the adapters learn on the
                 student's detached features meanwhile, so that when the student starts to be pulled
                 it is by what they cannot map, not by their random start.
@@ -142,7 +142,7 @@ class FGFI(DistillationLoss):
         self.adapters = nn.ModuleDict(adapters)
         self.psi = psi
         self.max_iou_per_level = max_iou_per_level
-        self.warmup = warmup
+        self.schedule = schedule
         self.standardize_target = standardize_target
         self.standardize_student = standardize_student
         self.full_map = full_map
@@ -168,7 +168,7 @@ class FGFI(DistillationLoss):
             },
             "psi": node.PSI,
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
-            "warmup": AdapterWarmup.from_node(node),
+            "schedule": TermSchedule.from_node(node),
             "standardize_target": node.STANDARDIZE_TARGET,
             "standardize_student": node.STANDARDIZE_STUDENT,
             "full_map": node.FULL_MAP,
@@ -197,9 +197,9 @@ class FGFI(DistillationLoss):
             standardise_channels(teacher[f]) if self.standardize_target else teacher[f] for f in self.in_features
         ]
         adapted = [
-            self.adapters[f](self.warmup.student_input(student[f], batch.iteration).float()) for f in self.in_features
+            self.adapters[f](self.schedule.student_input(student[f], batch.iteration).float()) for f in self.in_features
         ]
         if self.standardize_student:
             adapted = [standardise_channels(a) for a in adapted]
         loss = fgfi_loss(adapted, targets, self.masks(batch))
-        return self.weighted(self.warmup.weight(self.weight, batch.iteration), loss)
+        return self.weighted(self.schedule.weight(self.weight, batch.iteration), loss)

@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
-from ..adapters import AdapterWarmup, build_adapter
+from ..adapters import TermSchedule, build_adapter
 from .build import KD_LOSS_REGISTRY
 from .per_level import PerLevelFeatureLoss
 from .pkd import standardise_channels
@@ -29,7 +29,8 @@ class FitNet(PerLevelFeatureLoss):
     standardises the adapted student map too, so that the hint asks for the teacher's pattern and
     not its scale (PKD's comparison through FitNets' adapter); ``WARMUP_ITERS`` and
     ``FIT_ADAPTERS_IN_WARMUP`` fit the adapters before the student is pulled, as FitNets' first stage
-    trains the hint on its own (``kddet.adapters.AdapterWarmup``)."""
+    trains the hint on its own, and ``DECAY_TO_ZERO`` lets the hint fall linearly to 0 at the
+    schedule's end (``kddet.adapters.TermSchedule``)."""
 
     @classmethod
     def default_config(cls) -> CfgNode:
@@ -39,6 +40,7 @@ class FitNet(PerLevelFeatureLoss):
         node.STANDARDIZE_STUDENT = False  # True: the adapted student map standardised too
         node.WARMUP_ITERS = 0  # the term is zeroed before this iteration
         node.FIT_ADAPTERS_IN_WARMUP = False  # True: during warm-up the adapters learn, the student is not pulled
+        node.DECAY_TO_ZERO = False  # True: after the warm-up the weight falls linearly to 0 at SOLVER.MAX_ITER
         return node
 
     @configurable
@@ -47,13 +49,13 @@ class FitNet(PerLevelFeatureLoss):
         *,
         standardize_target: bool,
         standardize_student: bool = False,
-        warmup: AdapterWarmup = AdapterWarmup(),
+        schedule: TermSchedule = TermSchedule(),
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.standardize_target = standardize_target
         self.standardize_student = standardize_student
-        self.warmup = warmup
+        self.schedule = schedule
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
@@ -61,7 +63,7 @@ class FitNet(PerLevelFeatureLoss):
             super().from_config(cfg, student_shapes, teacher_shapes),
             standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
             standardize_student=cls.config_node(cfg).STANDARDIZE_STUDENT,
-            warmup=AdapterWarmup.from_node(cls.config_node(cfg)),
+            schedule=TermSchedule.from_node(cls.config_node(cfg), cfg.SOLVER.MAX_ITER),
         )
 
     @staticmethod

@@ -9,7 +9,7 @@ from torch import nn
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 
-from ..adapters import AdapterWarmup
+from ..adapters import TermSchedule
 from .build import DistillationBatch, DistillationLoss, check_feature_names
 
 __all__ = ["PerLevelFeatureLoss"]
@@ -23,7 +23,7 @@ class PerLevelFeatureLoss(DistillationLoss):
     of ``level_loss`` and keeps the adapters, weight and levels."""
 
     needs = ("features",)
-    warmup = AdapterWarmup()  # none, unless a subclass's options ask for one
+    schedule = TermSchedule()  # constant, unless a subclass's options ask for one
 
     @classmethod
     def default_config(cls) -> CfgNode:
@@ -63,8 +63,8 @@ class PerLevelFeatureLoss(DistillationLoss):
         student, teacher = batch.student["features"], batch.teacher["features"]
         per_level = [
             self.level_loss(
-                f, self.adapters[f](self.warmup.student_input(student[f], batch.iteration).float()), teacher[f]
+                f, self.adapters[f](self.schedule.student_input(student[f], batch.iteration).float()), teacher[f]
             )
             for f in self.in_features
         ]
-        return self.weighted(self.warmup.weight(self.weight, batch.iteration), torch.stack(per_level).mean())
+        return self.weighted(self.schedule.weight(self.weight, batch.iteration), torch.stack(per_level).mean())
