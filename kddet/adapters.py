@@ -63,5 +63,5 @@ class TermSchedule:
         if iteration < self.iters:
             return weight if self.fit_adapters else 0.0
         if self.decay_end:
-            return weight * max(0.0, (self.decay_end - iteration) / (self.decay_end - self.iters))
+            return weight * max(0.0, 1 - (iteration - self.iters) / max(1, self.decay_end - self.iters))
         return weight
