@@ -29,7 +29,9 @@ INHERIT = ("KD.TEACHER.INIT_STUDENT", True)
 # headline's student has the teacher's widths, so it compares with that student alone.
 TRANSFERS = {
     "transfer/fitnet": Transfer(
-        "FitNets as shipped (pretrained)", "fitnet", ("KD.FITNET.WEIGHT", 16.0, *FITNET_STANDARDISED)
+        "FitNets as shipped (pretrained)",
+        "fitnet",
+        ("KD.FITNET.WEIGHT", 16.0, *FITNET_STANDARDISED, "KD.FITNET.DECAY_TO_ZERO", True),
     ),
     "transfer/fgfi": Transfer(
         "FGFI as shipped (pretrained)",
