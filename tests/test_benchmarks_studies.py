@@ -60,7 +60,7 @@ def test_the_pretrained_benchmark_distils_its_mobilenet_v2_student_as_the_scratc
         "review_kd": {"REVIEWKD": {"WEIGHT": 1.6}}, "dkd": {"DKD": {"BETA": 0.14}},
         "fgd": {"FGD": {"WEIGHT": 8.0, "STANDARDIZE": True}},
         "mgd": {"MGD": {"WEIGHT": 3.1e-6}}, "fbkd": {"FBKD": {"WEIGHT": 0.11}},
-        "fitnet": {"FITNET": {"WEIGHT": 16.0, **standardised}},
+        "fitnet": {"FITNET": {"WEIGHT": 16.0, **standardised, "DECAY_TO_ZERO": True}},
         "fgfi": {"FGFI": {"WEIGHT": 0.038, "FIT_ADAPTERS_IN_WARMUP": True, **standardised}},
         "combined": {"NST": {"WEIGHT": 61.0}, "SP": {"WEIGHT": 370.0}},
     }  # fmt: skip
