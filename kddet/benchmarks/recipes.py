@@ -73,14 +73,15 @@ SEEDS = [1, 2, 3]
 FIVE_SEEDS = [1, 2, 3, 4, 5]
 # So do the newer methods (ReviewKD, DKD, FGD, MGD, FBKD), whose rows users compare with their papers'.
 FIVE_SEED_MODELS = {
-    "virtual_teacher", "fitnet", "fgfi", "nst", "chen2017", "combined", "combined_tuned",
+    "virtual_teacher", "fgfi", "nst", "chen2017", "combined", "combined_tuned",
     "review_kd", "dkd", "fgd", "mgd", "fbkd",
 }  # fmt: skip
 # The student alone gets ten: every row is compared against it, and its spread is the benchmark's
 # own figure of merit, which five runs estimate only to within about half its size. So does the
-# headline recipe, whose figure the README quotes.
+# headline recipe, whose figure the README quotes, and FitNets, whose gain on the pretrained student
+# (about 1-2 AP) is below what five seeds resolve there (about ±1 AP).
 TEN_SEEDS = list(range(1, 11))
-TEN_SEED_MODELS = {"student", "fgd_inheriting"}
+TEN_SEED_MODELS = {"student", "fgd_inheriting", "fitnet"}
 
 
 # The pretrained recipes whose settings earlier studies chose on the test set that table reports, before

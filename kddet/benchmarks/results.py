@@ -10,8 +10,8 @@ Three benchmarks share one teacher (the slim R18 of configs/shapes/):
   every recipe of configs/shapes/ (every registered loss) and the pretrained student's recipes as
   shipped (``transfer/<name>``, recipes.TRANSFERS), evaluated on kddet_shapes_val (200 images).
 
-Trains the teacher once, then the student alone and the headline recipe (ten seeds) and each other
-recipe (five seeds for the teacher-free baseline, the card's methods, the newer methods and the
+Trains the teacher once, then the student alone, the headline recipe and FitNets (ten seeds) and each
+other recipe (five seeds for the teacher-free baseline, the card's methods, the newer methods and the
 combined recipes, three for the rest), all through tools/train_net.py (each run ends with COCO
 evaluation), evaluates the teacher on the benchmark's test set, and writes results/<stem>.md, .json
 and .png: AP, AP50, AP75 mean ± std over seeds, the change against the student with Welch's t-test
