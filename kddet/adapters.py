@@ -50,9 +50,9 @@ class TermSchedule:
     decay_end: int = 0
 
     @classmethod
-    def from_node(cls, node, max_iter: int = 0) -> "TermSchedule":
+    def from_node(cls, node, max_iter: int) -> "TermSchedule":
         """From a loss's ``WARMUP_ITERS`` and ``FIT_ADAPTERS_IN_WARMUP``, and, where the loss has the
-        option, ``DECAY_TO_ZERO`` (0 at ``max_iter``, the schedule's end)."""
+        option, ``DECAY_TO_ZERO`` (0 at ``max_iter``, the schedule's end: SOLVER.MAX_ITER)."""
         decay_end = max_iter if node.get("DECAY_TO_ZERO", False) else 0
         return cls(node.WARMUP_ITERS, node.FIT_ADAPTERS_IN_WARMUP, decay_end)
 

@@ -177,7 +177,7 @@ class FGD(DistillationLoss):
             "student_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "teacher_context": {f: GlobalContextBlock(teacher_shapes[f].channels) for f in node.IN_FEATURES},
             "standardize": node.STANDARDIZE,
-            "schedule": TermSchedule.from_node(node),
+            "schedule": TermSchedule.from_node(node, cfg.SOLVER.MAX_ITER),
         }
 
     def masks(self, batch: DistillationBatch, level: str, grid_size: Tuple[int, int]) -> List[torch.Tensor]:

@@ -168,7 +168,7 @@ class FGFI(DistillationLoss):
             },
             "psi": node.PSI,
             "max_iou_per_level": node.MAX_IOU_PER_LEVEL,
-            "schedule": TermSchedule.from_node(node),
+            "schedule": TermSchedule.from_node(node, cfg.SOLVER.MAX_ITER),
             "standardize_target": node.STANDARDIZE_TARGET,
             "standardize_student": node.STANDARDIZE_STUDENT,
             "full_map": node.FULL_MAP,

@@ -59,11 +59,12 @@ class FitNet(PerLevelFeatureLoss):
 
     @classmethod
     def from_config(cls, cfg, student_shapes: Mapping[str, ShapeSpec], teacher_shapes: Mapping[str, ShapeSpec]):
+        node = cls.config_node(cfg)
         return dict(
             super().from_config(cfg, student_shapes, teacher_shapes),
-            standardize_target=cls.config_node(cfg).STANDARDIZE_TARGET,
-            standardize_student=cls.config_node(cfg).STANDARDIZE_STUDENT,
-            schedule=TermSchedule.from_node(cls.config_node(cfg), cfg.SOLVER.MAX_ITER),
+            standardize_target=node.STANDARDIZE_TARGET,
+            standardize_student=node.STANDARDIZE_STUDENT,
+            schedule=TermSchedule.from_node(node, cfg.SOLVER.MAX_ITER),
         )
 
     @staticmethod
